@@ -1,0 +1,28 @@
+//! Finding the control-plane binaries built from Go modules.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The directory holding kube-apiserver, etcd, kwok and friends.
+///
+/// `TAIMATSU_CLUSTER_BIN_DIR` wins when set (hack/test.sh sets it). Otherwise
+/// `hack/build-cluster-bins.sh` is run: it returns at once when the binaries are
+/// cached, and builds them (a one-off ~20 minutes) when they are not.
+pub fn cluster_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TAIMATSU_CLUSTER_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = crate::repo_root().join("hack/build-cluster-bins.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed; see its output above", script.display());
+    }
+    let dir = String::from_utf8(out.stdout)?.trim().to_owned();
+    Ok(PathBuf::from(dir))
+}

@@ -1,0 +1,303 @@
+//! A real Kubernetes control plane on loopback, shared by the tests of one binary.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::OnceCell;
+
+use crate::certs::{self, Pki};
+use crate::process::{log_tail, spawn_supervised};
+use crate::wait::poll_until;
+
+/// Users the API server knows by static token. `taimatsu-admin` is in
+/// `system:masters`; the others start with no permissions, for RBAC tests.
+pub const USERS: [&str; 4] = ["taimatsu-admin", "taimatsu-operator", "alice", "bob"];
+
+/// A running etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok.
+pub struct ControlPlane {
+    /// Working directory: certificates, kubeconfigs, etcd data, logs.
+    pub dir: PathBuf,
+    /// Where the Go-built binaries are.
+    pub bin_dir: PathBuf,
+    /// The API server's URL.
+    pub server: String,
+    children: Mutex<Vec<(String, Child)>>,
+}
+
+// A failed start is kept too, so the other tests report it instead of retrying.
+static SHARED: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+
+impl ControlPlane {
+    /// The control plane of this test binary, started on first use.
+    pub async fn shared() -> &'static ControlPlane {
+        let started = SHARED.get_or_init(|| async { ControlPlane::start().await.map_err(|e| format!("{e:#}")) }).await;
+        match started {
+            Ok(cp) => cp,
+            Err(e) => panic!("could not start the test control plane: {e}"),
+        }
+    }
+
+    /// Starts a fresh control plane with the GPU fleet of [`crate::fleet`].
+    pub async fn start() -> anyhow::Result<ControlPlane> {
+        let started = Instant::now();
+        let bin_dir = crate::bins::cluster_bin_dir()?;
+        let dir = fresh_work_dir()?;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let pki = certs::generate(&dir.join("pki"))?;
+        let apiserver_port = free_port()?;
+        let server = format!("https://127.0.0.1:{apiserver_port}");
+        write_identities(&dir, &server, &pki)?;
+
+        let cp = ControlPlane { dir, bin_dir, server, children: Mutex::new(Vec::new()) };
+        let etcd_url = cp.start_etcd()?;
+        cp.start_apiserver(&pki, apiserver_port, &etcd_url)?;
+        cp.wait_ready().await?;
+        cp.start_controllers(&pki)?;
+        let client = cp.client().await?;
+        crate::fleet::install(&client).await?;
+        cp.wait_controllers(&client).await?;
+        eprintln!(
+            "test control plane ready in {:.1}s at {} (logs: {})",
+            started.elapsed().as_secs_f64(),
+            cp.server,
+            cp.dir.join("logs").display()
+        );
+        Ok(cp)
+    }
+
+    /// Kubeconfig file for one of [`USERS`].
+    pub fn kubeconfig(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("{user}.kubeconfig"))
+    }
+
+    /// An admin client, bound to the calling test's runtime.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_as("taimatsu-admin").await
+    }
+
+    /// A client authenticated as `user` (one of [`USERS`]).
+    pub async fn client_as(&self, user: &str) -> anyhow::Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(user))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Runs the Go-built kubectl as admin.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(self.bin_dir.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig("taimatsu-admin"))
+            .args(args)
+            .output()
+            .context("running kubectl")
+    }
+
+    fn log(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    fn spawn(&self, component: &str, args: Vec<String>) -> anyhow::Result<()> {
+        let bin = self.bin_dir.join(component);
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args).current_dir(&self.dir);
+        let child =
+            spawn_supervised(cmd, &self.log(component)).with_context(|| format!("starting {}", bin.display()))?;
+        self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((component.to_owned(), child));
+        Ok(())
+    }
+
+    /// Fails with the component's log when any process has exited.
+    fn check_alive(&self) -> anyhow::Result<()> {
+        let mut children = self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for (name, child) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited ({status}); last log lines:\n{}", log_tail(&self.log(name), 30));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_etcd(&self) -> anyhow::Result<String> {
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        self.spawn(
+            "etcd",
+            vec![
+                format!("--data-dir={}", self.dir.join("etcd").display()),
+                "--name=default".into(),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                // Test data is thrown away: skip fsync, the slowest part of etcd here.
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
+        Ok(client_url)
+    }
+
+    fn start_apiserver(&self, pki: &Pki, port: u16, etcd_url: &str) -> anyhow::Result<()> {
+        let path = |p: &Path| p.display().to_string();
+        self.spawn(
+            "kube-apiserver",
+            vec![
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", self.dir.join("apiserver-certs").display()),
+                format!("--tls-cert-file={}", path(&pki.serving_cert)),
+                format!("--tls-private-key-file={}", path(&pki.serving_key)),
+                format!("--client-ca-file={}", path(&pki.ca_cert)),
+                format!("--token-auth-file={}", self.dir.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", path(&pki.service_account_public_key)),
+                format!("--service-account-signing-key-file={}", path(&pki.service_account_key)),
+                "--allow-privileged=true".into(),
+                // 127.0.0.1 may not be published as the kubernetes Service's endpoint.
+                "--endpoint-reconciler-type=none".into(),
+                "--v=1".into(),
+            ],
+        )
+    }
+
+    fn start_controllers(&self, pki: &Pki) -> anyhow::Result<()> {
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig("taimatsu-admin").display());
+        self.spawn(
+            "kube-controller-manager",
+            vec![
+                kubeconfig.clone(),
+                "--leader-elect=false".into(),
+                format!("--root-ca-file={}", pki.ca_cert.display()),
+                format!("--service-account-private-key-file={}", pki.service_account_key.display()),
+                "--use-service-account-credentials=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ],
+        )?;
+        self.spawn(
+            "kube-scheduler",
+            vec![
+                kubeconfig.clone(),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+            ],
+        )?;
+        self.spawn(
+            "kwok",
+            vec![
+                kubeconfig,
+                "--manage-all-nodes=false".into(),
+                format!("--manage-nodes-with-annotation-selector={}=fake", crate::fleet::KWOK_ANNOTATION),
+                "--cidr=10.244.0.0/16".into(),
+                "--node-ip=127.0.0.1".into(),
+                format!("--server-address=127.0.0.1:{}", free_port()?),
+            ],
+        )
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        poll_until("kube-apiserver /readyz", Duration::from_secs(120), || async {
+            self.check_alive()?;
+            let client = self.client().await?;
+            let req = http::Request::get("/readyz").body(Vec::new())?;
+            // Refused connections and 500s are expected while it starts.
+            Ok(client.request_text(req).await.ok().filter(|body| body.trim() == "ok").map(|_| ()))
+        })
+        .await
+    }
+
+    /// Controller-manager is working once it has made the `default` ServiceAccount,
+    /// the scheduler and kwok once every fake node reports Ready.
+    async fn wait_controllers(&self, client: &Client) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let sa: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), "default");
+        poll_until(
+            "kube-controller-manager to create the default ServiceAccount",
+            Duration::from_secs(120),
+            || async {
+                self.check_alive()?;
+                Ok(sa.get_opt("default").await?.map(|_| ()))
+            },
+        )
+        .await?;
+        crate::fleet::wait_ready(client, || self.check_alive()).await
+    }
+}
+
+/// A new working directory under the system temp dir, removing those left by
+/// earlier test binaries that are no longer running.
+fn fresh_work_dir() -> anyhow::Result<PathBuf> {
+    const PREFIX: &str = "taimatsu-test-cluster-";
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next())
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = tmp.join(format!("{PREFIX}{}-{}", std::process::id(), random_hex(4)?));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes the static token file and one kubeconfig per user.
+fn write_identities(dir: &Path, server: &str, pki: &Pki) -> anyhow::Result<()> {
+    let ca_data = base64_encode(pki.ca_pem.as_bytes());
+    let mut tokens = String::new();
+    for (uid, user) in USERS.iter().enumerate() {
+        let token = random_hex(24)?;
+        let groups = if *user == "taimatsu-admin" { ",\"system:masters\"" } else { "" };
+        tokens.push_str(&format!("{token},{user},{uid}{groups}\n"));
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: taimatsu-test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca_data}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}@taimatsu-test\n  context:\n    cluster: taimatsu-test\n    user: {user}\n    namespace: default\ncurrent-context: {user}@taimatsu-test\n"
+        );
+        std::fs::write(dir.join(format!("{user}.kubeconfig")), kubeconfig)?;
+    }
+    std::fs::write(dir.join("tokens.csv"), tokens)?;
+    Ok(())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
