@@ -13,3 +13,21 @@ export GOMODCACHE="${GOMODCACHE:-$CACHE_DIR/go/mod}"
 export GOCACHE="${GOCACHE:-$CACHE_DIR/go/build}"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# Never download a Go toolchain: build with the one on the machine.
+export GOTOOLCHAIN=local
+
+# Installs Debian packages that are missing, once (apt-get update only when needed).
+ensure_apt() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Checks the toolchains the project builds with.
+require_toolchains() {
+  command -v go >/dev/null || { log "Go >= 1.25 is required to build the control plane (https://go.dev/dl)"; exit 1; }
+  command -v cargo >/dev/null || { log "Rust (cargo) is required (https://rustup.rs)"; exit 1; }
+}

@@ -44,11 +44,20 @@ impl ControlPlane {
         }
     }
 
-    /// Starts a fresh control plane with the GPU fleet of [`crate::fleet`].
+    /// Starts a fresh control plane with the GPU fleet of [`crate::fleet`], in a new
+    /// temporary directory.
     pub async fn start() -> anyhow::Result<ControlPlane> {
+        Self::start_in(fresh_work_dir()?).await
+    }
+
+    /// Starts a control plane whose state (etcd data, certificates, kubeconfigs,
+    /// logs) lives in `dir`, which is emptied first.
+    pub async fn start_in(dir: PathBuf) -> anyhow::Result<ControlPlane> {
         let started = Instant::now();
         let bin_dir = crate::bins::cluster_bin_dir()?;
-        let dir = fresh_work_dir()?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
         std::fs::create_dir_all(dir.join("logs"))?;
         let pki = certs::generate(&dir.join("pki"))?;
         let apiserver_port = free_port()?;
