@@ -4,9 +4,11 @@
 
 pub mod engine;
 pub mod manifest;
+pub mod memory_fit;
 pub mod model_format;
 pub mod parameters;
 pub mod quantization;
+pub mod vllm;
 
 pub use engine::EngineKind;
 pub use manifest::{ManifestEntry, ManifestPathError, manifest_digest, validate_relative_path};

@@ -108,6 +108,16 @@ impl ControlPlane {
             .context("running kubectl")
     }
 
+    /// Starts another process (an operator under test, say) supervised like the
+    /// control plane: its output goes to `logs/<label>.log`, and it dies with the
+    /// test binary. Returns the child and its log path.
+    pub fn start_process(&self, label: &str, mut cmd: Command) -> anyhow::Result<(Child, PathBuf)> {
+        let log = self.log(label);
+        cmd.current_dir(&self.dir);
+        let child = spawn_supervised(cmd, &log).with_context(|| format!("starting {label}"))?;
+        Ok((child, log))
+    }
+
     fn log(&self, component: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{component}.log"))
     }

@@ -1,0 +1,79 @@
+//! Pure builders: the desired child objects of a ModelDeployment, computed from
+//! its spec, its Model and its AcceleratorProfile without any client call.
+//! Tested by comparing whole objects; applied by `crate::apply`.
+
+pub mod labels;
+mod network;
+mod revision;
+mod workload;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::{Resource, ResourceExt};
+use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
+
+pub use revision::revision_hash;
+
+/// Operator-wide settings the builders need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Default inference-worker image.
+    pub worker_image: String,
+    /// Base URL of the in-house Hugging Face mirror for `hf://` sources.
+    pub hf_mirror: Option<String>,
+}
+
+/// Everything one reconcile builds from.
+pub struct Inputs<'a> {
+    pub deployment: &'a ModelDeployment,
+    pub model: &'a Model,
+    /// Absent for the builtin CPU engine.
+    pub profile: Option<&'a AcceleratorProfile>,
+    /// Manifest digest of the model (`sha256:…`).
+    pub model_digest: String,
+    /// Revision hash of what the spec asks for.
+    pub revision: String,
+    /// Revision the Service sends traffic to (the desired one once it is available).
+    pub serving_revision: String,
+    pub settings: &'a Settings,
+}
+
+/// The desired children. Destructured without `..` by `apply`, so a new child kind
+/// cannot be forgotten there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub manifest: ConfigMap,
+    pub workload: Deployment,
+    pub service: Service,
+    /// `None` when egress is explicitly unrestricted.
+    pub egress_policy: Option<NetworkPolicy>,
+    pub disruption_budget: PodDisruptionBudget,
+}
+
+/// Builds every child of the deployment in `inputs`.
+pub fn build(inputs: &Inputs<'_>) -> Children {
+    Children {
+        service_account: workload::service_account(inputs),
+        manifest: workload::manifest_config_map(inputs),
+        workload: workload::deployment(inputs),
+        service: network::service(inputs),
+        egress_policy: network::egress_policy(inputs),
+        disruption_budget: network::disruption_budget(inputs),
+    }
+}
+
+/// Metadata every child carries: namespace, labels and the controller owner reference
+/// that lets the garbage collector remove it with its ModelDeployment.
+pub(crate) fn child_meta(inputs: &Inputs<'_>, name: String) -> serde_json::Value {
+    let md = inputs.deployment;
+    let owner = md.controller_owner_ref(&()).map(|o| serde_json::to_value(o).unwrap_or_default());
+    serde_json::json!({
+        "name": name,
+        "namespace": md.namespace(),
+        "labels": labels::common(&md.name_any()),
+        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,310 @@
+//! The ModelDeployment controller: dereference → validate → build → apply → status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment, ModelDeploymentStatus};
+use tracing::{info, warn};
+
+use crate::build::{self, Inputs, Settings, labels};
+use crate::error::Error;
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::status::{self, Observed, Reason};
+use crate::validate;
+
+/// The one field manager for everything the operator writes.
+pub const FIELD_MANAGER: &str = "taimatsu-operator";
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ModelDeployment>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Metrics, identity: &str) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_owned()) };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let mds: Api<ModelDeployment> = Api::all(client.clone());
+    let wc = watcher::Config::default().any_semantic();
+    let owned = watcher::Config::default().labels(labels::DEPLOYMENT_LABEL);
+    let controller = Controller::new(mds, wc.clone());
+    let store = controller.store();
+    let (by_model, by_profile) = (store.clone(), store.clone());
+    let gauge_store = store.clone();
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
+        .watches(Api::<Pod>::all(client.clone()), owned, |pod| {
+            let name = pod.labels().get(labels::DEPLOYMENT_LABEL).cloned();
+            name.map(|n| ObjectRef::new(&n).within(&pod.namespace().unwrap_or_default()))
+        })
+        .watches(Api::<Model>::all(client.clone()), wc.clone(), move |model| {
+            users(&by_model, |md| md.namespace() == model.namespace() && md.spec.model_ref.name == model.name_any())
+        })
+        .watches(Api::<AcceleratorProfile>::all(client.clone()), wc, move |profile| {
+            users(&by_profile, |md| profile_name(md).as_deref() == Some(profile.name_any().as_str()))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            ctx.metrics.managed_deployments.set(gauge_store.state().len() as i64);
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile stream error");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn users(
+    store: &Store<ModelDeployment>,
+    matches: impl Fn(&ModelDeployment) -> bool,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    store.state().iter().filter(|md| matches(md)).map(|md| ObjectRef::from_obj(md.as_ref())).collect()
+}
+
+fn profile_name(md: &ModelDeployment) -> Option<String> {
+    md.spec.placement.as_ref()?.accelerator_profile_ref.as_ref().map(|r| r.name.clone())
+}
+
+fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { category: error.category() }).inc();
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let count = failures.entry(ObjectRef::from_obj(md.as_ref())).or_insert(0);
+    *count = count.saturating_add(1);
+    // 1s, 2s, 4s … capped at 5 minutes.
+    let delay = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    warn!(name = %md.name_any(), namespace = ?md.namespace(), category = error.category(), error = %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&md, &ctx).await;
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ObjectRef::from_obj(md.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
+    let ns = md.namespace().ok_or(Error::NoNamespace)?;
+    let name = md.name_any();
+    let client = &ctx.client;
+
+    // Dereference.
+    let model = Api::<Model>::namespaced(client.clone(), &ns).get_opt(&md.spec.model_ref.name).await?;
+    let profile = match profile_name(md) {
+        Some(p) => Api::<AcceleratorProfile>::all(client.clone()).get_opt(&p).await?,
+        None => None,
+    };
+    let allows_unpinned = Api::<Namespace>::all(client.clone())
+        .get_opt(&ns)
+        .await?
+        .is_some_and(|n| n.labels().get(validate::ALLOW_UNPINNED_LABEL).is_some_and(|v| v == "true"));
+
+    // Validate.
+    let validate::Validated { model, digest } =
+        match validate::check(md, model.as_ref(), profile.as_ref(), allows_unpinned) {
+            Ok(v) => v,
+            Err(b) => return block(md, ctx, b).await,
+        };
+
+    // Build.
+    let revision = build::revision_hash(md, model, &digest, profile.as_ref());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let desired_before = deployments.get_opt(&labels::revision_name(&name, &revision)).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let revision_pods = pods
+        .list(&ListParams::default().labels(&format!(
+            "{}={name},{}={revision}",
+            labels::DEPLOYMENT_LABEL,
+            labels::REVISION_LABEL
+        )))
+        .await?
+        .items;
+    let desired_state = status::revision_state(desired_before.as_ref(), &revision_pods, md.spec.replicas);
+    let current_serving = Api::<Service>::namespaced(client.clone(), &ns)
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.spec?.selector?.get(labels::REVISION_LABEL).cloned());
+    let serving_revision = match current_serving {
+        Some(current)
+            if !desired_state.available
+                && current != revision
+                && revision_exists(&deployments, &name, &current).await? =>
+        {
+            current
+        }
+        _ => revision.clone(),
+    };
+    let inputs = Inputs {
+        deployment: md,
+        model,
+        profile: profile.as_ref(),
+        model_digest: digest.clone(),
+        revision: revision.clone(),
+        serving_revision: serving_revision.clone(),
+        settings: &ctx.settings,
+    };
+
+    // Apply.
+    let applied = apply(client, &ns, &name, build::build(&inputs)).await?;
+    let serving_desired = serving_revision == revision;
+    if serving_desired && desired_state.available {
+        remove_other_revisions(client, &ns, &name, &revision).await?;
+    }
+
+    // Status.
+    let state = status::revision_state(Some(&applied), &revision_pods, md.spec.replicas);
+    let observed = status::serving(&state, serving_desired, md.spec.replicas);
+    let extra = json!({
+        "servingModelDigest": digest,
+        "replicas": state.replicas,
+        "readyReplicas": state.ready_replicas,
+        "endpoint": format!("http://{name}.{ns}.svc:{}/v1", labels::API_PORT),
+    });
+    write_status(md, ctx, &observed, extra).await?;
+    let requeue = if serving_desired && state.available { Duration::from_secs(600) } else { Duration::from_secs(30) };
+    Ok(Action::requeue(requeue))
+}
+
+async fn revision_exists(deployments: &Api<Deployment>, name: &str, revision: &str) -> Result<bool, Error> {
+    Ok(deployments.get_opt(&labels::revision_name(name, revision)).await?.is_some())
+}
+
+/// Reports why nothing is rolled out, and changes nothing else.
+async fn block(md: &ModelDeployment, ctx: &Context, blocked: validate::Blocked) -> Result<Action, Error> {
+    info!(name = %md.name_any(), reason = blocked.reason.as_str(), message = %blocked.message, "not rolled out");
+    write_status(md, ctx, &status::blocked(blocked.reason, &blocked.message), json!({})).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn write_status(
+    md: &ModelDeployment,
+    ctx: &Context,
+    observed: &[Observed],
+    extra: serde_json::Value,
+) -> Result<(), Error> {
+    let old: ModelDeploymentStatus = md.status.clone().unwrap_or_default();
+    let conditions = status::to_conditions(
+        observed,
+        &old.conditions,
+        md.metadata.generation,
+        Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    publish_transitions(md, ctx, &old, observed).await;
+    let mut status = json!({ "observedGeneration": md.metadata.generation, "conditions": conditions });
+    if let (Some(obj), Some(more)) = (status.as_object_mut(), extra.as_object()) {
+        obj.extend(more.clone());
+    }
+    let patch = json!({ "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "status": status });
+    let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
+    api.patch_status(&md.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    Ok(())
+}
+
+/// One Event per condition whose reason changed.
+async fn publish_transitions(md: &ModelDeployment, ctx: &Context, old: &ModelDeploymentStatus, observed: &[Observed]) {
+    for o in observed {
+        let before = old.conditions.iter().find(|c| c.type_ == o.type_).map(|c| c.reason.as_str());
+        if before == Some(o.reason.as_str()) || (o.reason == Reason::AsExpected && before.is_none()) {
+            continue;
+        }
+        let bad = matches!(o.type_, "Degraded") && o.status
+            || matches!(o.type_, "Ready") && !o.status && o.reason != Reason::RolloutInProgress;
+        let event = Event {
+            type_: if bad { EventType::Warning } else { EventType::Normal },
+            reason: o.reason.as_str().to_owned(),
+            note: Some(format!("{}: {}", o.type_, o.message).chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Server-side applies every child. Destructured without `..`: a new child kind
+/// must be handled here.
+async fn apply(client: &Client, ns: &str, name: &str, children: build::Children) -> Result<Deployment, Error> {
+    let build::Children { service_account, manifest, workload, service, egress_policy, disruption_budget } = children;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    ssa(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &service_account, &params).await?;
+    ssa(&Api::<ConfigMap>::namespaced(client.clone(), ns), &manifest, &params).await?;
+    let applied = ssa(&Api::<Deployment>::namespaced(client.clone(), ns), &workload, &params).await?;
+    ssa(&Api::<Service>::namespaced(client.clone(), ns), &service, &params).await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    match egress_policy {
+        Some(policy) => {
+            ssa(&policies, &policy, &params).await?;
+        }
+        None => {
+            // Explicit opt-out: remove a policy an earlier spec asked for.
+            if policies.get_opt(&format!("{name}-egress")).await?.is_some() {
+                policies.delete(&format!("{name}-egress"), &DeleteParams::default()).await?;
+            }
+        }
+    }
+    ssa(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &disruption_budget, &params).await?;
+    Ok(applied)
+}
+
+async fn ssa<K>(api: &Api<K>, obj: &K, params: &PatchParams) -> Result<K, Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.patch(&obj.name_any(), params, &Patch::Apply(obj)).await?)
+}
+
+/// Deletes the worker Deployments and manifests of revisions other than `keep`.
+async fn remove_other_revisions(client: &Client, ns: &str, name: &str, keep: &str) -> Result<(), Error> {
+    let selector = format!("{}={name},{}!={keep}", labels::DEPLOYMENT_LABEL, labels::REVISION_LABEL);
+    let lp = ListParams::default().labels(&selector);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for d in deployments.list(&lp).await?.items {
+        info!(deployment = %d.name_any(), "removing superseded revision");
+        deployments.delete(&d.name_any(), &DeleteParams::background()).await?;
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for m in maps.list(&lp).await?.items {
+        maps.delete(&m.name_any(), &DeleteParams::background()).await?;
+    }
+    Ok(())
+}

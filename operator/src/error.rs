@@ -1,0 +1,21 @@
+//! Reconcile errors, each with a bounded category for metrics and logs.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A fixed label value per variant: never the error's text, which is unbounded.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "client",
+            Error::NoNamespace => "invalid-object",
+        }
+    }
+}

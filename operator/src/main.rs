@@ -1,0 +1,162 @@
+//! taimatsu-operator: reconciles ModelDeployments into inference-worker workloads.
+
+mod build;
+mod controller;
+mod error;
+mod leader;
+mod metrics;
+mod status;
+mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+/// Configuration, from flags or the environment.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Default inference-worker image (air-gapped clusters point this at their registry).
+    #[arg(long, env = "TAIMATSU_WORKER_IMAGE", default_value = "registry.local/taimatsu/inference-worker:0.1.0")]
+    worker_image: String,
+    /// In-house Hugging Face mirror that `hf://` sources resolve against. Unset: hf:// sources
+    /// fail to fetch rather than reach the public hub.
+    #[arg(long, env = "TAIMATSU_HF_MIRROR")]
+    hf_mirror: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "TAIMATSU_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "taimatsu-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "TAIMATSU_LEASE_NAME", default_value = "taimatsu-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds without renewal after which another replica takes over.
+    #[arg(long, env = "TAIMATSU_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Log format: json (default, for log pipelines) or text.
+    #[arg(long, env = "TAIMATSU_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let identity = args.identity.clone().unwrap_or_else(|| format!("taimatsu-operator-{}", std::process::id()));
+
+    let client = kube::Client::try_default().await?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = serve_http(args.http_addr, registry, ready.clone()).await?;
+
+    let lease = leader::LeaseConfig {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        duration: Duration::from_secs(args.lease_duration_seconds),
+        renew: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+    };
+    let mut leading = leader::campaign(client.clone(), lease);
+    info!(%identity, "waiting for leadership");
+    // Ready means "able to serve as a replica": standby replicas are ready too.
+    ready.store(true, Ordering::SeqCst);
+    tokio::select! {
+        r = leading.wait_for(|l| *l) => { r?; }
+        _ = shutdown_signal() => { info!("shutting down before leading"); return Ok(()); }
+    }
+    info!(%identity, "leading: starting the controller");
+
+    let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
+    let ctx = Arc::new(controller::Context::new(client, settings, metrics, &identity));
+    let mut lost = leading.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => info!("shutdown signal"),
+            _ = lost.wait_for(|l| !*l) => info!("leadership lost: stopping so that one leader remains"),
+        }
+    };
+    controller::run(ctx, stop).await;
+    http.abort();
+    if !*leading.borrow() {
+        // Exit non-zero so the pod restarts and campaigns again.
+        anyhow::bail!("leadership lost");
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => (StatusCode::OK, text),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    }))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

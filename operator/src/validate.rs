@@ -1,0 +1,108 @@
+//! Checks that need other objects, which CEL cannot see. Pure: the caller fetches.
+
+use taimatsu_core::memory_fit::{self, FitInput};
+use taimatsu_core::{EngineKind, ManifestEntry, ParameterCount, manifest_digest};
+use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
+
+use crate::status::Reason;
+
+/// Namespace label that allows Models without a file manifest.
+pub const ALLOW_UNPINNED_LABEL: &str = "taimatsu.dev/allow-unpinned-models";
+
+/// Why a ModelDeployment cannot be rolled out; nothing is changed while blocked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocked {
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn blocked(reason: Reason, message: impl Into<String>) -> Blocked {
+    Blocked { reason, message: message.into() }
+}
+
+/// A deployment whose references check out.
+#[derive(Debug)]
+pub struct Validated<'m> {
+    pub model: &'m Model,
+    /// Manifest digest of the model (`sha256:…`, or `unpinned`).
+    pub digest: String,
+}
+
+/// Validates the references of `md`.
+pub fn check<'m>(
+    md: &ModelDeployment,
+    model: Option<&'m Model>,
+    profile: Option<&AcceleratorProfile>,
+    namespace_allows_unpinned: bool,
+) -> Result<Validated<'m>, Blocked> {
+    let spec = &md.spec;
+    let model = model.ok_or_else(|| {
+        blocked(
+            Reason::ModelNotFound,
+            format!(
+                "Model {:?} does not exist in this namespace: create it or fix spec.modelRef.name",
+                spec.model_ref.name
+            ),
+        )
+    })?;
+    if !model.spec.format.served_by(spec.engine.kind) {
+        return Err(blocked(
+            Reason::IncompatibleModel,
+            format!(
+                "Model {:?} is {} but engine {} does not serve that format: use engine builtin for gguf models",
+                spec.model_ref.name, model.spec.format, spec.engine.kind
+            ),
+        ));
+    }
+    if model.spec.files.is_empty() && !namespace_allows_unpinned {
+        return Err(blocked(
+            Reason::UnpinnedModel,
+            format!(
+                "Model {:?} has no file manifest and this namespace does not allow unpinned models: add spec.files (hack/model-manifest.sh), or label the namespace {ALLOW_UNPINNED_LABEL}=true",
+                spec.model_ref.name
+            ),
+        ));
+    }
+    let entries: Vec<ManifestEntry> = model
+        .spec
+        .files
+        .iter()
+        .map(|f| ManifestEntry { path: f.path.clone(), size: f.size.max(0) as u64, sha256: f.sha256.clone() })
+        .collect();
+    let digest = if entries.is_empty() { "unpinned".to_owned() } else { manifest_digest(&entries) };
+
+    if spec.engine.kind == EngineKind::Vllm {
+        let name = spec.placement.as_ref().and_then(|p| p.accelerator_profile_ref.as_ref()).map(|r| r.name.clone());
+        let profile = profile.ok_or_else(|| {
+            blocked(
+                Reason::ProfileNotFound,
+                format!("AcceleratorProfile {:?} does not exist: create it (cluster admins) or fix spec.placement.acceleratorProfileRef", name.unwrap_or_default()),
+            )
+        })?;
+        check_fit(md, model, profile)?;
+    }
+    Ok(Validated { model, digest })
+}
+
+fn check_fit(md: &ModelDeployment, model: &Model, profile: &AcceleratorProfile) -> Result<(), Blocked> {
+    let spec = &md.spec;
+    let placement = spec.placement.as_ref();
+    let gpus = placement.map_or(1, |p| p.gpus_per_replica.unwrap_or(p.tensor_parallel * p.pipeline_parallel));
+    let parameters: ParameterCount = model.spec.parameters.parse().map_err(|e| {
+        blocked(Reason::IncompatibleModel, format!("Model {:?}: spec.parameters: {e}", spec.model_ref.name))
+    })?;
+    let input = FitInput {
+        parameters,
+        quantization: spec.quantization,
+        kv_cache_dtype: spec.kv_cache_dtype,
+        max_model_len: spec.engine.max_model_len.unwrap_or(model.spec.context_length).max(1) as u32,
+        gpu_memory_gib: profile.spec.gpu_memory_gib.max(1) as u32,
+        gpus: gpus.max(1) as u32,
+        gpus_per_node: profile.spec.gpus_per_node.max(1) as u32,
+        gpu_memory_utilization: spec
+            .engine
+            .gpu_memory_utilization
+            .unwrap_or(memory_fit::DEFAULT_GPU_MEMORY_UTILIZATION),
+    };
+    memory_fit::check(&input).map(|_| ()).map_err(|message| blocked(Reason::DoesNotFit, message))
+}

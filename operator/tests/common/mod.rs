@@ -1,0 +1,112 @@
+//! Shared setup of the operator's cluster tests: the control plane, the CRDs, the
+//! example AcceleratorProfiles and one operator process per test binary.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+use serde_json::json;
+use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
+use taimatsu_tests::{ControlPlane, apply, crds};
+use tokio::sync::OnceCell;
+
+pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_taimatsu-operator");
+
+/// Command line of an operator process against the test control plane.
+pub fn operator_command(cp: &ControlPlane, identity: &str, lease_name: &str, http_port: u16) -> Command {
+    let mut cmd = Command::new(OPERATOR_BIN);
+    cmd.env("KUBECONFIG", cp.kubeconfig("taimatsu-admin"))
+        .env("RUST_LOG", "info,taimatsu_operator=debug,kube=warn")
+        .args(["--log-format=text", "--lease-namespace=default", "--lease-duration-seconds=3"])
+        .arg(format!("--lease-name={lease_name}"))
+        .arg(format!("--identity={identity}"))
+        .arg(format!("--http-addr=127.0.0.1:{http_port}"));
+    cmd
+}
+
+/// Control plane with CRDs, example profiles and one running operator.
+pub async fn setup() -> (&'static ControlPlane, Client, u16) {
+    static OPERATOR: OnceCell<u16> = OnceCell::const_new();
+    let cp = ControlPlane::shared().await;
+    let client = cp.client().await.expect("client");
+    let port = *OPERATOR
+        .get_or_init(|| async {
+            crds::ensure_installed(&client).await.expect("CRDs");
+            let profiles = taimatsu_tests::repo_root().join("examples/accelerator-profiles");
+            for entry in std::fs::read_dir(profiles).expect("profiles dir") {
+                let text = std::fs::read_to_string(entry.expect("entry").path()).expect("profile");
+                apply::apply_yaml(&client, "default", &text).await.expect("apply profile");
+            }
+            let port = taimatsu_tests::control_plane::free_port().expect("port");
+            let (child, log) = cp
+                .start_process("operator", operator_command(cp, "operator-0", "taimatsu-operator", port))
+                .expect("start operator");
+            std::mem::forget(child); // lives as long as the test binary
+            eprintln!("operator log: {}", log.display());
+            port
+        })
+        .await;
+    (cp, client, port)
+}
+
+/// A pinned safetensors Model of the given size, named `name`.
+pub async fn create_model(client: &Client, ns: &str, name: &str, parameters: &str) {
+    let models: Api<Model> = Api::namespaced(client.clone(), ns);
+    let model = json!({
+        "apiVersion": "taimatsu.dev/v1alpha1", "kind": "Model", "metadata": { "name": name },
+        "spec": {
+            "source": { "uri": format!("https://mirror.example/{name}/") }, "format": "safetensors",
+            "files": [
+                { "path": "config.json", "size": 700, "sha256": "1".repeat(64) },
+                { "path": "model.safetensors", "size": 4_000_000_000i64, "sha256": "2".repeat(64) },
+            ],
+            "architecture": "qwen2", "parameters": parameters, "contextLength": 8192, "license": "Apache-2.0",
+        }
+    });
+    models.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(model)).await.expect("apply model");
+}
+
+/// Applies a vLLM ModelDeployment with the given placement.
+pub async fn apply_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    model: &str,
+    quantization: &str,
+    placement: serde_json::Value,
+) -> ModelDeployment {
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
+    let md = json!({
+        "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "metadata": { "name": name },
+        "spec": { "modelRef": { "name": model }, "quantization": quantization, "engine": { "type": "vllm" }, "placement": placement },
+    });
+    mds.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(md)).await.expect("apply deployment")
+}
+
+/// Waits until condition `type_` of the ModelDeployment has `reason`.
+pub async fn wait_reason(client: &Client, ns: &str, name: &str, type_: &str, reason: &str) -> ModelDeployment {
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
+    let cond = |md: Option<&ModelDeployment>| {
+        md.and_then(|m| m.status.as_ref())
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason))
+    };
+    let found = tokio::time::timeout(Duration::from_secs(90), await_condition(mds.clone(), name, cond)).await;
+    match found {
+        Ok(Ok(Some(md))) => md,
+        other => {
+            let now = mds.get(name).await.ok().and_then(|m| m.status);
+            panic!("{ns}/{name}: {type_} never became {reason} ({other:?}); status now: {now:#?}")
+        }
+    }
+}
+
+/// Worker Deployments of a ModelDeployment.
+pub async fn worker_deployments(client: &Client, ns: &str, name: &str) -> Vec<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(&format!("taimatsu.dev/model-deployment={name}"))).await.expect("list").items
+}
