@@ -20,7 +20,7 @@ pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_taimatsu-operator");
 /// Command line of an operator process against the test control plane.
 pub fn operator_command(cp: &ControlPlane, identity: &str, lease_name: &str, http_port: u16) -> Command {
     let mut cmd = Command::new(OPERATOR_BIN);
-    cmd.env("KUBECONFIG", cp.kubeconfig("taimatsu-admin"))
+    cmd.env("KUBECONFIG", cp.kubeconfig("taimatsu-operator"))
         .env("RUST_LOG", "info,taimatsu_operator=debug,kube=warn")
         .args(["--log-format=text", "--lease-namespace=default", "--lease-duration-seconds=3"])
         .arg(format!("--lease-name={lease_name}"))
@@ -37,6 +37,7 @@ pub async fn setup() -> (&'static ControlPlane, Client, u16) {
     let port = *OPERATOR
         .get_or_init(|| async {
             crds::ensure_installed(&client).await.expect("CRDs");
+            grant_operator_rbac(&client).await;
             let profiles = taimatsu_tests::repo_root().join("examples/accelerator-profiles");
             for entry in std::fs::read_dir(profiles).expect("profiles dir") {
                 let text = std::fs::read_to_string(entry.expect("entry").path()).expect("profile");
@@ -52,6 +53,30 @@ pub async fn setup() -> (&'static ControlPlane, Client, u16) {
         })
         .await;
     (cp, client, port)
+}
+
+/// Binds the repository's ClusterRole and leader-election Role to the
+/// `taimatsu-operator` user, so the operator under test has exactly those rights.
+pub async fn grant_operator_rbac(client: &Client) {
+    let files = taimatsu_tests::repo_root().join("charts/taimatsu/files");
+    for file in ["clusterrole.yaml", "lease-role.yaml"] {
+        let text = std::fs::read_to_string(files.join(file)).expect("RBAC file");
+        apply::apply_yaml(client, "default", &text).await.expect("apply RBAC");
+    }
+    let bindings = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: taimatsu-operator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: taimatsu-operator}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: taimatsu-operator}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: taimatsu-operator-leader-election}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: taimatsu-operator-leader-election}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: taimatsu-operator}]
+"#;
+    apply::apply_yaml(client, "default", bindings).await.expect("apply bindings");
 }
 
 /// A pinned safetensors Model of the given size, named `name`.
