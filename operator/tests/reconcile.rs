@@ -218,21 +218,3 @@ async fn child_versions(client: &Client, ns: &str) -> Vec<(String, String)> {
     out.sort();
     out
 }
-
-async fn reconcile_count(port: u16) -> u64 {
-    let text = http_get(port, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("taimatsu_operator_reconciles_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// A tiny HTTP/1.0 GET, enough for the operator's own /metrics.
-pub async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}

@@ -36,13 +36,7 @@ pub async fn setup() -> (&'static ControlPlane, Client, u16) {
     let client = cp.client().await.expect("client");
     let port = *OPERATOR
         .get_or_init(|| async {
-            crds::ensure_installed(&client).await.expect("CRDs");
-            grant_operator_rbac(&client).await;
-            let profiles = taimatsu_tests::repo_root().join("examples/accelerator-profiles");
-            for entry in std::fs::read_dir(profiles).expect("profiles dir") {
-                let text = std::fs::read_to_string(entry.expect("entry").path()).expect("profile");
-                apply::apply_yaml(&client, "default", &text).await.expect("apply profile");
-            }
+            prepare(&client).await;
             let port = taimatsu_tests::control_plane::free_port().expect("port");
             let (child, log) = cp
                 .start_process("operator", operator_command(cp, "operator-0", "taimatsu-operator", port))
@@ -53,6 +47,33 @@ pub async fn setup() -> (&'static ControlPlane, Client, u16) {
         })
         .await;
     (cp, client, port)
+}
+
+/// CRDs, the operator's RBAC and the example AcceleratorProfiles.
+pub async fn prepare(client: &Client) {
+    crds::ensure_installed(client).await.expect("CRDs");
+    grant_operator_rbac(client).await;
+    let profiles = taimatsu_tests::repo_root().join("examples/accelerator-profiles");
+    for entry in std::fs::read_dir(profiles).expect("profiles dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("profile");
+        apply::apply_yaml(client, "default", &text).await.expect("apply profile");
+    }
+}
+
+/// The operator's reconcile counter, read from its /metrics.
+pub async fn reconcile_count(port: u16) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return 0 };
+    let request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("taimatsu_operator_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Binds the repository's ClusterRole and leader-election Role to the
