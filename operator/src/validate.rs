@@ -106,3 +106,61 @@ fn check_fit(md: &ModelDeployment, model: &Model, profile: &AcceleratorProfile) 
     };
     memory_fit::check(&input).map(|_| ()).map_err(|message| blocked(Reason::DoesNotFit, message))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn md(engine: &str, quantization: &str, placement: serde_json::Value) -> ModelDeployment {
+        serde_json::from_value(json!({
+            "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "metadata": { "name": "d", "namespace": "ns" },
+            "spec": { "modelRef": { "name": "m" }, "quantization": quantization, "engine": { "type": engine }, "placement": placement }
+        }))
+        .expect("deployment")
+    }
+
+    fn model(format: &str, parameters: &str, pinned: bool) -> Model {
+        let files = if pinned { json!([{ "path": "w", "size": 1, "sha256": "b".repeat(64) }]) } else { json!([]) };
+        serde_json::from_value(json!({
+            "apiVersion": "taimatsu.dev/v1alpha1", "kind": "Model", "metadata": { "name": "m" },
+            "spec": { "source": { "uri": "https://x/" }, "format": format, "files": files, "allowUnpinned": !pinned,
+                      "architecture": "llama", "parameters": parameters, "contextLength": 8192, "license": "MIT" }
+        }))
+        .expect("model")
+    }
+
+    fn profile(memory: i32) -> AcceleratorProfile {
+        serde_json::from_value(json!({
+            "apiVersion": "taimatsu.dev/v1alpha1", "kind": "AcceleratorProfile", "metadata": { "name": "p" },
+            "spec": { "resourceName": "nvidia.com/gpu", "gpuMemoryGiB": memory, "gpusPerNode": 8 }
+        }))
+        .expect("profile")
+    }
+
+    fn reason(r: Result<Validated<'_>, Blocked>) -> Reason {
+        r.expect_err("blocked").reason
+    }
+
+    #[test]
+    fn each_missing_or_mismatched_reference_has_its_reason() {
+        let gpu = md("vllm", "bf16", json!({ "acceleratorProfileRef": { "name": "p" } }));
+        let (st, gguf, big) =
+            (model("safetensors", "7B", true), model("gguf", "7B", true), model("safetensors", "72B", true));
+        assert_eq!(reason(check(&gpu, None, Some(&profile(80)), false)), Reason::ModelNotFound);
+        assert_eq!(reason(check(&gpu, Some(&st), None, false)), Reason::ProfileNotFound);
+        assert_eq!(reason(check(&gpu, Some(&gguf), Some(&profile(80)), false)), Reason::IncompatibleModel);
+        assert_eq!(reason(check(&gpu, Some(&big), Some(&profile(80)), false)), Reason::DoesNotFit);
+        let ok = check(&gpu, Some(&st), Some(&profile(80)), false).expect("fits");
+        assert!(ok.digest.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn unpinned_models_need_the_namespace_policy() {
+        let cpu = md("builtin", "q4_0", json!(null));
+        let unpinned = model("gguf", "135M", false);
+        assert_eq!(reason(check(&cpu, Some(&unpinned), None, false)), Reason::UnpinnedModel);
+        assert_eq!(check(&cpu, Some(&unpinned), None, true).expect("allowed").digest, "unpinned");
+    }
+}

@@ -7,6 +7,9 @@ mod network;
 mod revision;
 mod workload;
 
+#[cfg(test)]
+mod tests;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
