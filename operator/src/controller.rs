@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAcco
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -29,13 +30,17 @@ use crate::validate;
 /// The one field manager for everything the operator writes.
 pub const FIELD_MANAGER: &str = "taimatsu-operator";
 
+/// A ModelDeployment as watched: one that does not decode (stored under an older
+/// schema, say) arrives as an error instead of breaking the watch for every object.
+type Guarded = DeserializeGuard<ModelDeployment>;
+
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Metrics,
     pub recorder: Recorder,
     /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<ModelDeployment>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
 }
 
 impl Context {
@@ -54,7 +59,7 @@ impl Context {
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
-    let mds: Api<ModelDeployment> = Api::all(client.clone());
+    let mds: Api<Guarded> = Api::all(client.clone());
     let wc = watcher::Config::default().any_semantic();
     let owned = watcher::Config::default().labels(labels::DEPLOYMENT_LABEL);
     let controller = Controller::new(mds, wc.clone());
@@ -89,18 +94,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .await;
 }
 
-fn users(
-    store: &Store<ModelDeployment>,
-    matches: impl Fn(&ModelDeployment) -> bool,
-) -> Vec<ObjectRef<ModelDeployment>> {
-    store.state().iter().filter(|md| matches(md)).map(|md| ObjectRef::from_obj(md.as_ref())).collect()
+fn users(store: &Store<Guarded>, matches: impl Fn(&ModelDeployment) -> bool) -> Vec<ObjectRef<Guarded>> {
+    store.state().iter().filter(|g| g.0.as_ref().is_ok_and(&matches)).map(|g| ObjectRef::from_obj(g.as_ref())).collect()
 }
 
 fn profile_name(md: &ModelDeployment) -> Option<String> {
     md.spec.placement.as_ref()?.accelerator_profile_ref.as_ref().map(|r| r.name.clone())
 }
 
-fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(md: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { category: error.category() }).inc();
     let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     let count = failures.entry(ObjectRef::from_obj(md.as_ref())).or_insert(0);
@@ -111,10 +113,13 @@ fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
-async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(md: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&md, &ctx).await;
+    let result = match &md.0 {
+        Ok(valid) => reconcile_inner(valid, &ctx).await,
+        Err(invalid) => report_invalid(invalid, &ctx).await,
+    };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
         ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ObjectRef::from_obj(md.as_ref()));
@@ -206,6 +211,43 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
 
 async fn revision_exists(deployments: &Api<Deployment>, name: &str, revision: &str) -> Result<bool, Error> {
     Ok(deployments.get_opt(&labels::revision_name(name, revision)).await?.is_some())
+}
+
+/// An object that does not decode: say so in its status and an Event, then wait for
+/// it to change. Its children, if any, are left as they are.
+async fn report_invalid(invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
+    let meta = &invalid.metadata;
+    let (ns, name) = (meta.namespace.clone().ok_or(Error::NoNamespace)?, meta.name.clone().unwrap_or_default());
+    let message =
+        format!("the object does not match the ModelDeployment schema: {}; fix and re-apply it", invalid.error);
+    warn!(%name, namespace = %ns, %message, "invalid ModelDeployment");
+    let observed = status::blocked(Reason::InvalidSpec, &message);
+    let conditions = status::to_conditions(&observed, &[], meta.generation, Time(k8s_openapi::jiff::Timestamp::now()));
+    let patch = json!({ "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment",
+                        "status": { "observedGeneration": meta.generation, "conditions": conditions } });
+    // Untyped: the typed API would fail to decode the object the server returns.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &ApiResource::erase::<ModelDeployment>(&()));
+    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("taimatsu.dev/v1alpha1".into()),
+        kind: Some("ModelDeployment".into()),
+        name: Some(name),
+        namespace: Some(ns),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: Reason::InvalidSpec.as_str().into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        warn!(error = %e, "could not publish event");
+    }
+    Ok(Action::await_change())
 }
 
 /// Reports why nothing is rolled out, and changes nothing else.

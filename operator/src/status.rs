@@ -20,6 +20,7 @@ pub enum Reason {
     Unschedulable,
     FetchFailed,
     DigestMismatch,
+    InvalidSpec,
 }
 
 impl Reason {
@@ -38,6 +39,7 @@ impl Reason {
             Reason::Unschedulable => "Unschedulable",
             Reason::FetchFailed => "FetchFailed",
             Reason::DigestMismatch => "DigestMismatch",
+            Reason::InvalidSpec => "InvalidSpec",
         }
     }
 }

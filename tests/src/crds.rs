@@ -15,7 +15,9 @@ pub async fn ensure_installed(client: &Client) -> anyhow::Result<Vec<CustomResou
     INSTALLED.get_or_try_init(|| install(client)).await.cloned()
 }
 
-async fn install(client: &Client) -> anyhow::Result<Vec<CustomResourceDefinition>> {
+/// Applies the committed CRD files again (after a test changed a CRD) and waits
+/// until they are Established.
+pub async fn install(client: &Client) -> anyhow::Result<Vec<CustomResourceDefinition>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let dir = crate::repo_root().join(taimatsu_crds::generate::CRD_DIR);
     let mut names = Vec::new();
