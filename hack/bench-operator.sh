@@ -11,4 +11,4 @@ export TAIMATSU_CLUSTER_BIN_DIR
 cargo build --locked --release -q -p taimatsu-operator --bin taimatsu-operator --example converge_bench
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); Kubernetes $K8S_VERSION; $(date -u +%F)"
 echo
-target/release/examples/converge_bench target/release/taimatsu-operator "${1:-1000}"
+"$REPO_ROOT/target/release/examples/converge_bench" "$REPO_ROOT/target/release/taimatsu-operator" "${1:-1000}"

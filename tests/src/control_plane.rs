@@ -180,7 +180,8 @@ impl ControlPlane {
                 format!("--client-ca-file={}", path(&pki.ca_cert)),
                 format!("--token-auth-file={}", self.dir.join("tokens.csv").display()),
                 "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // /16: room for a Service per ModelDeployment in the 1000-deployment benchmark.
+                "--service-cluster-ip-range=10.0.0.0/16".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", path(&pki.service_account_public_key)),
                 format!("--service-account-signing-key-file={}", path(&pki.service_account_key)),
