@@ -237,16 +237,7 @@ async fn report_invalid(invalid: &InvalidObject, ctx: &Context) -> Result<Action
         uid: meta.uid.clone(),
         ..Default::default()
     };
-    let event = Event {
-        type_: EventType::Warning,
-        reason: Reason::InvalidSpec.as_str().into(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        warn!(error = %e, "could not publish event");
-    }
+    publish_event(ctx, EventType::Warning, Reason::InvalidSpec, &message, &reference).await;
     Ok(Action::await_change())
 }
 
@@ -290,16 +281,30 @@ async fn publish_transitions(md: &ModelDeployment, ctx: &Context, old: &ModelDep
         }
         let bad = matches!(o.type_, "Degraded") && o.status
             || matches!(o.type_, "Ready") && !o.status && o.reason != Reason::RolloutInProgress;
-        let event = Event {
-            type_: if bad { EventType::Warning } else { EventType::Normal },
-            reason: o.reason.as_str().to_owned(),
-            note: Some(format!("{}: {}", o.type_, o.message).chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
-        }
+        let type_ = if bad { EventType::Warning } else { EventType::Normal };
+        let note = format!("{}: {}", o.type_, o.message);
+        publish_event(ctx, type_, o.reason, &note, &md.object_ref(&())).await;
+    }
+}
+
+/// Publishes one Event; a failure to publish is logged, never fatal to the reconcile.
+async fn publish_event(
+    ctx: &Context,
+    type_: EventType,
+    reason: Reason,
+    note: &str,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) {
+    let event = Event {
+        type_,
+        reason: reason.as_str().into(),
+        // The Events API limits the note to 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        warn!(error = %e, "could not publish event");
     }
 }
 

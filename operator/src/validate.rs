@@ -87,7 +87,7 @@ pub fn check<'m>(
 fn check_fit(md: &ModelDeployment, model: &Model, profile: &AcceleratorProfile) -> Result<(), Blocked> {
     let spec = &md.spec;
     let placement = spec.placement.as_ref();
-    let gpus = placement.map_or(1, |p| p.gpus_per_replica.unwrap_or(p.tensor_parallel * p.pipeline_parallel));
+    let gpus = placement.map_or(1, |p| p.gpus());
     let parameters: ParameterCount = model.spec.parameters.parse().map_err(|e| {
         blocked(Reason::IncompatibleModel, format!("Model {:?}: spec.parameters: {e}", spec.model_ref.name))
     })?;

@@ -190,6 +190,14 @@ pub struct Placement {
     pub affinity: Option<Affinity>,
 }
 
+impl Placement {
+    /// GPUs (or MIG slices) one replica requests: `gpusPerReplica`, which CEL keeps
+    /// equal to tensorParallel × pipelineParallel, or that product when omitted.
+    pub fn gpus(&self) -> i32 {
+        self.gpus_per_replica.unwrap_or(self.tensor_parallel * self.pipeline_parallel)
+    }
+}
+
 fn one() -> i32 {
     1
 }

@@ -287,12 +287,7 @@ pub fn gpus_per_replica(inputs: &Inputs<'_>) -> i32 {
     if inputs.deployment.spec.engine.kind == EngineKind::Builtin {
         return 0;
     }
-    inputs
-        .deployment
-        .spec
-        .placement
-        .as_ref()
-        .map_or(1, |p| p.gpus_per_replica.unwrap_or(p.tensor_parallel * p.pipeline_parallel))
+    inputs.deployment.spec.placement.as_ref().map_or(1, |p| p.gpus())
 }
 
 fn model_bytes(inputs: &Inputs<'_>) -> i64 {
