@@ -2,7 +2,9 @@
 //! kubectl plugin. Nothing here talks to Kubernetes: these are pure functions and
 //! plain types, so they are tested without a cluster and reused without pulling kube in.
 
+pub mod audit_chain;
 pub mod engine;
+pub mod file_verify;
 pub mod manifest;
 pub mod memory_fit;
 pub mod model_format;
@@ -11,7 +13,10 @@ pub mod quantization;
 pub mod vllm;
 
 pub use engine::EngineKind;
-pub use manifest::{ManifestEntry, ManifestPathError, manifest_digest, validate_relative_path};
+pub use file_verify::{VerifiedModel, VerifyError, sha256_file, verify_dir};
+pub use manifest::{
+    ManifestEntry, ManifestError, ManifestPathError, ModelManifest, manifest_digest, validate_relative_path,
+};
 pub use model_format::ModelFormat;
 pub use parameters::{ParameterCount, ParameterCountError};
 pub use quantization::{KvCacheDtype, Quantization};

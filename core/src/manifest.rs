@@ -65,6 +65,64 @@ fn line_path(line: &str) -> &str {
     line.splitn(3, "  ").nth(2).unwrap_or(line)
 }
 
+/// The manifest document the operator renders into each revision's ConfigMap
+/// (`manifest.json`) and the worker verifies against, in `fetch` and again in `serve`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Name of the Model object.
+    pub model: String,
+    /// Where the files come from (`https://…/`, `s3://bucket/prefix/`, `pvc://claim/path`).
+    pub source: String,
+    /// `gguf` or `safetensors`.
+    pub format: String,
+    /// [`manifest_digest`] of `files`, as the operator computed it.
+    pub digest: String,
+    /// Every file, pinned by size and sha256.
+    pub files: Vec<ManifestEntry>,
+}
+
+/// Why a manifest document cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest lists no files: a Model must pin every file it serves")]
+    NoFiles,
+    #[error("manifest file {path:?}: {source}")]
+    BadPath { path: String, source: ManifestPathError },
+    #[error("manifest lists {0:?} twice: each file appears once")]
+    Duplicate(String),
+    #[error("manifest file {path:?}: sha256 {sha256:?} is not 64 lower-case hex characters")]
+    BadHash { path: String, sha256: String },
+    #[error(
+        "manifest digest {declared} does not match its files ({computed}): the manifest was edited after the operator rendered it"
+    )]
+    DigestMismatch { declared: String, computed: String },
+}
+
+impl ModelManifest {
+    /// Checks paths, hashes, duplicates and that `digest` matches `files`.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.files.is_empty() {
+            return Err(ManifestError::NoFiles);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.files {
+            validate_relative_path(&f.path)
+                .map_err(|source| ManifestError::BadPath { path: f.path.clone(), source })?;
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(ManifestError::BadHash { path: f.path.clone(), sha256: f.sha256.clone() });
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(ManifestError::Duplicate(f.path.clone()));
+            }
+        }
+        let computed = manifest_digest(&self.files);
+        if computed != self.digest {
+            return Err(ManifestError::DigestMismatch { declared: self.digest.clone(), computed });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
