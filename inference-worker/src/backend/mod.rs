@@ -1,0 +1,14 @@
+//! What answers requests: the built-in CPU engine in-process, or an OpenAI-compatible
+//! upstream (vLLM) on loopback.
+
+pub mod builtin;
+pub mod supervisor;
+pub mod upstream;
+pub mod vllm_metrics;
+
+use std::sync::Arc;
+
+pub enum Backend {
+    Builtin(builtin::Builtin),
+    Upstream(Arc<upstream::Upstream>),
+}

@@ -1,0 +1,195 @@
+//! One request from arrival to its last byte: metrics and the audit record are written
+//! exactly once, when the request completes, fails, or the client goes away (Drop).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::auth::Caller;
+use super::metrics::{Endpoint, EndpointLabels, RequestLabels, StatusClass};
+use super::state::{AppState, AuditLevel};
+use crate::api::ApiError;
+use crate::audit::{RequestRecord, redact};
+
+/// Status recorded when the client disconnected before the response ended (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
+pub struct RequestScope {
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    started: Instant,
+    request_id: String,
+    caller: Caller,
+    status: u16,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    finish_reason: Option<String>,
+    prompt_sha256: String,
+    prompt_text: Option<String>,
+    response_hash: Sha256,
+    response_text: Option<String>,
+    first_token: bool,
+    done: bool,
+    /// The admission slot, held until the last byte.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let digest = Sha256::digest(format!("{now}-{n}-{}", std::process::id()).as_bytes());
+    hex::encode(&digest[..12])
+}
+
+impl RequestScope {
+    pub fn new(state: Arc<AppState>, endpoint: Endpoint) -> Self {
+        state.metrics.in_flight.inc();
+        let full = state.audit_level == AuditLevel::Full;
+        Self {
+            state,
+            endpoint,
+            started: Instant::now(),
+            request_id: new_request_id(),
+            caller: Caller::default(),
+            status: CLIENT_CLOSED,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish_reason: None,
+            prompt_sha256: String::new(),
+            prompt_text: None,
+            response_hash: Sha256::new(),
+            response_text: full.then(String::new),
+            first_token: false,
+            done: false,
+            permit: None,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    pub fn hold(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
+
+    pub fn set_caller(&mut self, caller: Caller) {
+        self.caller = caller;
+    }
+
+    /// The prompt as the audit sees it (hashed always; kept only at level `full`).
+    pub fn set_prompt(&mut self, prompt: &str) {
+        if self.state.audit_level == AuditLevel::None {
+            return;
+        }
+        self.prompt_sha256 = hex::encode(Sha256::digest(prompt.as_bytes()));
+        if self.state.audit_level == AuditLevel::Full {
+            self.prompt_text = Some(prompt.to_owned());
+        }
+    }
+
+    /// Generated text, as it is sent.
+    pub fn push_response(&mut self, text: &str) {
+        if !self.first_token && !text.is_empty() {
+            self.first_token = true;
+            self.state.metrics.time_to_first_token.observe(self.started.elapsed().as_secs_f64());
+        }
+        if self.state.audit_level == AuditLevel::None {
+            return;
+        }
+        self.response_hash.update(text.as_bytes());
+        if let Some(t) = &mut self.response_text {
+            t.push_str(text);
+        }
+    }
+
+    pub fn set_usage(&mut self, prompt_tokens: u32, completion_tokens: u32) {
+        self.prompt_tokens = prompt_tokens;
+        self.completion_tokens = completion_tokens;
+    }
+
+    pub fn set_finish_reason(&mut self, reason: &str) {
+        self.finish_reason = Some(reason.to_owned());
+    }
+
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// Records an error response and returns it.
+    pub fn fail(mut self, error: ApiError) -> axum::response::Response {
+        self.status = error.status.as_u16();
+        axum::response::IntoResponse::into_response(error)
+    }
+
+    /// The request succeeded: records it and, under `--audit-fsync=always`, waits until its
+    /// audit record is durable. A fail-closed audit failure turns into an error here, before
+    /// the response is released.
+    pub async fn complete(mut self, status: u16) -> Result<(), ApiError> {
+        self.status = status;
+        self.done = true;
+        let ack = self.record();
+        if let Some(ack) = ack {
+            let result = ack.await.unwrap_or_else(|_| Err("audit writer stopped".into()));
+            if let Err(e) = result {
+                self.state.audit.check_available()?;
+                tracing::warn!(error = %e, "request served although its audit record failed (fail-open)");
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        let m = &self.state.metrics;
+        let elapsed = self.started.elapsed();
+        m.in_flight.dec();
+        m.requests
+            .get_or_create(&RequestLabels { endpoint: self.endpoint, status_class: StatusClass::of(self.status) })
+            .inc();
+        m.duration.get_or_create(&EndpointLabels { endpoint: self.endpoint }).observe(elapsed.as_secs_f64());
+        m.prompt_tokens.inc_by(u64::from(self.prompt_tokens));
+        m.generated_tokens.inc_by(u64::from(self.completion_tokens));
+        if self.state.audit_level == AuditLevel::None || !self.state.audit.enabled() {
+            return None;
+        }
+        let patterns = &self.state.redact;
+        let record = RequestRecord {
+            kind: "request",
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: std::mem::take(&mut self.request_id),
+            caller: self.caller.key_id.take(),
+            endpoint: self.endpoint.as_str(),
+            model: self.state.served_model.clone(),
+            model_digest: self.state.model_digest.clone(),
+            revision: self.state.revision.clone(),
+            pod: self.state.pod.clone(),
+            status: self.status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            prompt_sha256: std::mem::take(&mut self.prompt_sha256),
+            response_sha256: hex::encode(std::mem::take(&mut self.response_hash).finalize()),
+            finish_reason: self.finish_reason.take(),
+            prompt: self.prompt_text.take().map(|t| redact(&t, patterns)),
+            response: self.response_text.take().map(|t| redact(&t, patterns)),
+        };
+        self.state.audit.submit(record)
+    }
+}
+
+impl Drop for RequestScope {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            // Errors and disconnects: recorded without waiting (there is no response to hold back).
+            let _ = self.record();
+        }
+    }
+}

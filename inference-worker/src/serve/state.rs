@@ -1,0 +1,59 @@
+//! Everything a request handler needs, shared behind an `Arc`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::admission::Admission;
+use super::auth::Auth;
+use super::metrics::Metrics;
+use crate::api::validate::RequestLimits;
+use crate::audit::AuditLog;
+use crate::backend::Backend;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditLevel {
+    /// No request records.
+    None,
+    /// Who, what, when, token counts, status, and SHA-256 of prompt and response.
+    Metadata,
+    /// Metadata plus the prompt and response text, after redaction.
+    Full,
+}
+
+pub struct AppState {
+    pub served_model: String,
+    pub model_digest: String,
+    pub revision: String,
+    pub pod: String,
+    /// Unix time the model was loaded, OpenAI's `created`.
+    pub created: u64,
+    pub backend: Backend,
+    pub auth: Auth,
+    pub admission: Admission,
+    pub limits: RequestLimits,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub audit: AuditLog,
+    pub audit_level: AuditLevel,
+    pub redact: Vec<regex::Regex>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the model is verified and the backend answered its warm-up; cleared when it fails.
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+        self.metrics.ready.set(i64::from(ready));
+    }
+
+    pub fn now_unix(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    }
+}

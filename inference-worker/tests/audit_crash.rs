@@ -1,0 +1,128 @@
+//! Request audit under crashes and failures, with the real worker and model:
+//! what a SIGKILL can lose under each fsync policy, a half-written record, the chain
+//! continuing across restarts, fail-closed refusal, and full-text redaction.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Worker, WorkerSpec, smollm2_dir};
+use serde_json::{Value, json};
+
+fn start(audit_log: &Path, extra: &[&str]) -> Worker {
+    let mut args = vec![format!("--audit-log={}", audit_log.display()), "--parallel=2".to_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut w = Worker::start(WorkerSpec {
+        engine: "builtin",
+        model_dir: smollm2_dir(),
+        format: "gguf",
+        name: "smollm2",
+        extra: args,
+    });
+    w.wait_ready(Duration::from_secs(120));
+    w
+}
+
+fn ask(w: &Worker, content: &str) -> u16 {
+    let body = json!({ "model": "smollm2", "messages": [{ "role": "user", "content": content }], "max_tokens": 2, "temperature": 0 });
+    reqwest::blocking::Client::new().post(w.url("/v1/chat/completions")).json(&body).send().unwrap().status().as_u16()
+}
+
+fn records(log: &Path) -> (u64, Vec<Value>) {
+    let text = std::fs::read(log).unwrap();
+    let report = taimatsu_core::audit_chain::verify(&text).unwrap_or_else(|e| panic!("audit log broken: {e}"));
+    let lines = String::from_utf8(text).unwrap();
+    (report.records, lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
+
+fn sigkill(w: &mut Worker) {
+    w.child.kill().unwrap(); // SIGKILL: no shutdown path runs
+    w.child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_under_fsync_always_loses_no_answered_request_and_the_chain_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit/requests.jsonl");
+    let mut w = start(&log, &["--audit-fsync=always"]);
+    for i in 0..5 {
+        assert_eq!(ask(&w, &format!("question {i}")), 200);
+    }
+    sigkill(&mut w);
+    // Every answered request is in the log: under `always` the answer waits for its record.
+    assert_eq!(records(&log).0, 5);
+
+    // A crash in the middle of a write leaves a line without its newline.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(br#"{"seq":6,"prev":"abc","hash":"de"#);
+    std::fs::write(&log, bytes).unwrap();
+    assert!(taimatsu_core::audit_chain::verify(&std::fs::read(&log).unwrap()).unwrap().incomplete_tail);
+
+    // Restarted on the same volume, the worker drops the torn tail and continues the chain.
+    let w = start(&log, &["--audit-fsync=always"]);
+    for i in 0..3 {
+        assert_eq!(ask(&w, &format!("after restart {i}")), 200);
+    }
+    let (count, lines) = records(&log);
+    assert_eq!(count, 8);
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+}
+
+#[test]
+fn sigkill_under_fsync_interval_loses_only_records_not_yet_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let mut w = start(&log, &["--audit-fsync=interval", "--audit-fsync-interval-ms=60000"]);
+    for i in 0..4 {
+        assert_eq!(ask(&w, &format!("question {i}")), 200);
+    }
+    // Records are written (write(2)) as soon as the writer takes them, fsync or not; the
+    // kernel keeps them across a process kill. The metric says when the writer has them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&w, "taimatsu_worker_audit_records_total") < 4.0 {
+        assert!(Instant::now() < deadline, "audit writer did not catch up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigkill(&mut w);
+    assert_eq!(records(&log).0, 4);
+}
+
+fn metric(w: &Worker, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", w.metrics_port)).unwrap().text().unwrap();
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn fail_closed_refuses_requests_the_audit_cannot_record() {
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let w = start(Path::new("/dev/full"), &["--audit-fsync=always", "--audit-failure=fail-closed"]);
+    let r = reqwest::blocking::Client::new()
+        .post(w.url("/v1/chat/completions"))
+        .json(&json!({ "model": "smollm2", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(ask(&w, "again"), 503);
+    let w_open = start(Path::new("/dev/full"), &["--audit-fsync=always", "--audit-failure=fail-open"]);
+    assert_eq!(ask(&w_open, "served unaudited, counted"), 200);
+    assert!(metric(&w_open, "taimatsu_worker_audit_write_failures_total") >= 1.0);
+}
+
+#[test]
+fn full_audit_keeps_redacted_text_and_hashes_of_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let w = start(&log, &["--audit-fsync=always", "--audit-level=full", r"--audit-redact=\b\d{3}-\d{2}-\d{4}\b"]);
+    assert_eq!(ask(&w, "My SSN is 123-45-6789."), 200);
+    let (_, lines) = records(&log);
+    let record = &lines[0]["record"];
+    let prompt = record["prompt"].as_str().unwrap();
+    assert_eq!(prompt, "user: My SSN is [REDACTED].\n");
+    use sha2::Digest;
+    let original = hex::encode(sha2::Sha256::digest(b"user: My SSN is 123-45-6789.\n"));
+    assert_eq!(record["prompt_sha256"], original);
+    assert!(record["response"].is_string());
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("123-45-6789"));
+}

