@@ -103,3 +103,34 @@ fn unrestricted_egress_builds_no_network_policy_and_service_follows_serving_revi
     assert_eq!(selector.get("taimatsu.dev/revision").map(String::as_str), Some("old"));
     assert_eq!(children.workload.metadata.name.as_deref(), Some("chat-new"));
 }
+
+#[test]
+fn pvc_source_is_mounted_read_only_where_the_fetcher_reads_it() {
+    let (md, mut model, profile) = (tp2_deployment(), qwen(), h100());
+    model.spec.source.uri = "pvc://model-store/qwen/Qwen2.5-7B".into();
+    let settings = Settings { worker_image: "w".into(), hf_mirror: None };
+    let inputs = Inputs {
+        deployment: &md,
+        model: &model,
+        profile: Some(&profile),
+        model_digest: "sha256:feed".into(),
+        revision: "r".into(),
+        serving_revision: "r".into(),
+        settings: &settings,
+    };
+    let pod = serde_json::to_value(build(&inputs).workload).expect("json")["spec"]["template"]["spec"].clone();
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "model-source").cloned();
+    assert_eq!(
+        volume,
+        Some(
+            json!({ "name": "model-source", "persistentVolumeClaim": { "claimName": "model-store", "readOnly": true } })
+        )
+    );
+    let fetch = &pod["initContainers"][0];
+    assert!(
+        fetch["volumeMounts"].as_array().unwrap().contains(
+            &json!({ "name": "model-source", "mountPath": "/mnt/taimatsu/pvc/model-store", "readOnly": true })
+        )
+    );
+    assert!(pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().all(|m| m["name"] != "model-source"));
+}

@@ -115,6 +115,10 @@ fn pod_spec(inputs: &Inputs<'_>) -> Value {
     if let Some(keys) = &md.spec.access.api_key_secret_ref {
         volumes.push(json!({ "name": "api-keys", "secret": { "secretName": keys.name, "items": [{ "key": keys.key, "path": "keys" }] } }));
     }
+    if let Some(claim) = pvc_claim(&inputs.model.spec.source.uri) {
+        volumes
+            .push(json!({ "name": "model-source", "persistentVolumeClaim": { "claimName": claim, "readOnly": true } }));
+    }
     if let Some(ca) = &inputs.model.spec.source.ca_bundle_ref {
         volumes.push(json!({ "name": "source-ca", "secret": { "secretName": ca.name, "items": [{ "key": ca.key, "path": "ca.pem" }] } }));
     }
@@ -154,6 +158,14 @@ fn image(inputs: &Inputs<'_>) -> String {
     inputs.deployment.spec.engine.image.clone().unwrap_or_else(|| inputs.settings.worker_image.clone())
 }
 
+/// Where the fetch container sees a `pvc://<claim>/…` source's volume.
+const PVC_MOUNT_ROOT: &str = "/mnt/taimatsu/pvc";
+
+/// The claim of a `pvc://<claim>/<path>` source.
+fn pvc_claim(uri: &str) -> Option<&str> {
+    uri.strip_prefix("pvc://").and_then(|rest| rest.split('/').next()).filter(|c| !c.is_empty())
+}
+
 /// The init step: fetch the files from the source and verify every size and sha256.
 fn fetch_container(inputs: &Inputs<'_>) -> Value {
     let source = &inputs.model.spec.source;
@@ -173,6 +185,12 @@ fn fetch_container(inputs: &Inputs<'_>) -> Value {
         json!({ "name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": true }),
         json!({ "name": "tmp", "mountPath": "/tmp" }),
     ];
+    if let Some(claim) = pvc_claim(&source.uri) {
+        // The fetcher reads pvc://<claim>/<path> from here (taimatsu_model_fetch::PVC_MOUNT_ROOT).
+        mounts.push(
+            json!({ "name": "model-source", "mountPath": format!("{PVC_MOUNT_ROOT}/{claim}"), "readOnly": true }),
+        );
+    }
     if source.ca_bundle_ref.is_some() {
         args.push(format!("--ca-bundle={CA_DIR}/ca.pem"));
         mounts.push(json!({ "name": "source-ca", "mountPath": CA_DIR, "readOnly": true }));
