@@ -8,20 +8,15 @@ use taimatsu_inference_worker::cli::{self, Cli, Command, LogFormat};
 use taimatsu_inference_worker::serve;
 use taimatsu_inference_worker::termination::Failure;
 
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,llama-cpp-2=warn".into());
-    // Logs go to stderr: stdout carries the audit records.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = match cli.log_format {
+        LogFormat::Json => taimatsu_telemetry::LogFormat::Json,
+        LogFormat::Text => taimatsu_telemetry::LogFormat::Text,
+    };
+    // Logs to stderr (stdout carries audit records); OTLP traces and audit log records when
+    // the standard OTEL_EXPORTER_OTLP_* variables are set. Flushed when dropped at the end.
+    let telemetry = taimatsu_telemetry::init("taimatsu-inference-worker", format, "info,llama-cpp-2=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -36,12 +31,13 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => {
             let log = args.termination_log.clone();
-            (runtime.block_on(serve::run(*args)), Some(log))
+            (runtime.block_on(serve::run(*args, telemetry.logs_enabled())), Some(log))
         }
         Command::AuditVerify { file } => (audit_verify(&file), None),
         Command::Verify { model_dir, manifest, threads } => (verify(&model_dir, &manifest, threads), None),
     };
-    match result {
+    drop(runtime);
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             tracing::error!(reason = failure.reason, message = %failure.message, "failed");
@@ -51,7 +47,9 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }
 
 async fn fetch(args: cli::FetchArgs) -> Result<(), Failure> {

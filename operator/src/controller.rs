@@ -19,7 +19,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment, ModelDeploymentStatus};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::build::{self, Inputs, Settings, labels};
 use crate::error::Error;
@@ -114,11 +114,24 @@ fn error_policy(md: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
 }
 
 async fn reconcile(md: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // One trace span per reconcile (exported when OTLP is configured); the object's name is a
+    // span attribute, never a metric label.
+    let span = tracing::info_span!("reconcile", otel.name = "reconcile ModelDeployment", name = %md.name_any(),
+        namespace = md.namespace().unwrap_or_default(), otel.status_code = tracing::field::Empty);
+    let result = reconcile_traced(&md, &ctx).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.in_scope(|| tracing::debug!(category = e.category(), "reconcile error"));
+    }
+    result
+}
+
+async fn reconcile_traced(md: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = match &md.0 {
-        Ok(valid) => reconcile_inner(valid, &ctx).await,
-        Err(invalid) => report_invalid(invalid, &ctx).await,
+        Ok(valid) => reconcile_inner(valid, ctx).await,
+        Err(invalid) => report_invalid(invalid, ctx).await,
     };
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     if result.is_ok() {

@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use taimatsu_telemetry::LogFormat;
 use tracing::info;
 
 /// Configuration, from flags or the environment.
@@ -54,7 +55,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    let format = if args.log_format == "text" { LogFormat::Text } else { LogFormat::Json };
+    // Traces go out over OTLP when the standard OTEL_EXPORTER_OTLP_* variables say where.
+    let _telemetry = taimatsu_telemetry::init("taimatsu-operator", format, "info,kube=warn");
     let identity = args.identity.clone().unwrap_or_else(|| format!("taimatsu-operator-{}", std::process::id()));
 
     let client = kube::Client::try_default().await?;
@@ -96,17 +99,6 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("leadership lost");
     }
     Ok(())
-}
-
-fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
 }
 
 async fn serve_http(

@@ -13,6 +13,7 @@ pub mod control_plane;
 pub mod crds;
 pub mod fleet;
 pub mod namespace;
+pub mod otlp;
 pub mod process;
 pub mod wait;
 

@@ -49,6 +49,8 @@ pub enum FailurePolicy {
 pub struct AuditSinks {
     pub file: Option<PathBuf>,
     pub stdout: bool,
+    /// Each sealed record also becomes an OpenTelemetry log record (OTLP logs export).
+    pub otel_logs: bool,
     pub fsync: FsyncPolicy,
     pub failure: FailurePolicy,
 }
@@ -83,6 +85,7 @@ impl AuditLog {
             sinks: AuditSinks {
                 file: None,
                 stdout: false,
+                otel_logs: false,
                 fsync: FsyncPolicy::Never,
                 failure: FailurePolicy::FailOpen,
             },
@@ -100,8 +103,15 @@ impl AuditLog {
         };
         let healthy = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::channel::<Job>();
-        let mut writer =
-            Writer { file, stdout: sinks.stdout, chain, fsync: sinks.fsync, metrics, healthy: healthy.clone() };
+        let mut writer = Writer {
+            file,
+            stdout: sinks.stdout,
+            otel_logs: sinks.otel_logs,
+            chain,
+            fsync: sinks.fsync,
+            metrics,
+            healthy: healthy.clone(),
+        };
         if let Some(broken) = restarted_from {
             tracing::error!(moved_to = %broken.display(), "the existing audit log did not verify; it was moved aside and a new chain starts");
             writer.write_batch(vec![Job { record: Some(chain_restart_record(&broken)), ack: None }]);
@@ -209,6 +219,7 @@ fn open_log(path: &Path) -> std::io::Result<(File, ChainState, Option<PathBuf>)>
 struct Writer {
     file: Option<File>,
     stdout: bool,
+    otel_logs: bool,
     chain: ChainState,
     fsync: FsyncPolicy,
     metrics: Arc<Metrics>,
@@ -314,6 +325,12 @@ impl Writer {
         if self.stdout {
             let mut out = std::io::stdout().lock();
             out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))?;
+        }
+        if self.otel_logs {
+            // Best effort, batched by the OpenTelemetry SDK; the file is the record of truth.
+            for line in String::from_utf8_lossy(bytes).lines() {
+                tracing::info!(target: taimatsu_telemetry::EXPORTED_LOG_TARGET, { audit.record = line }, "request audit record");
+            }
         }
         Ok(())
     }

@@ -20,6 +20,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The trace span name: method and route, as OpenTelemetry's HTTP conventions name spans.
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "POST /v1/chat/completions",
+            Endpoint::Completions => "POST /v1/completions",
+            Endpoint::Embeddings => "POST /v1/embeddings",
+            Endpoint::Models => "GET /v1/models",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",

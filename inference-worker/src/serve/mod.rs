@@ -27,7 +27,8 @@ use crate::cli::{Engine, Fsync, ServeArgs};
 use crate::termination::Failure;
 use state::{AppState, AuditLevel};
 
-pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+/// `export_audit_logs`: also send each audit record as an OpenTelemetry log record.
+pub async fn run(args: ServeArgs, export_audit_logs: bool) -> Result<(), Failure> {
     let manifest = read_manifest(&args.manifest)?;
     if let Ok(expected) = std::env::var("TAIMATSU_MODEL_DIGEST")
         && !expected.is_empty()
@@ -60,8 +61,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             Fsync::Interval => FsyncPolicy::Interval(Duration::from_millis(args.audit_fsync_interval_ms.max(1))),
             Fsync::Never => FsyncPolicy::Never,
         };
-        let sinks =
-            AuditSinks { file: args.audit_log.clone(), stdout: args.audit_stdout, fsync, failure: args.audit_failure };
+        let sinks = AuditSinks {
+            file: args.audit_log.clone(),
+            stdout: args.audit_stdout,
+            otel_logs: export_audit_logs,
+            fsync,
+            failure: args.audit_failure,
+        };
         AuditLog::start(sinks, metrics.clone()).map_err(|e| Failure::new("AuditUnavailable", e.to_string()))?
     };
     let upstream_base = args.upstream_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", args.upstream_port));

@@ -76,7 +76,7 @@ async fn admit(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(RequestScope, Bytes), Response> {
-    let mut scope = RequestScope::new(state.clone(), endpoint);
+    let mut scope = RequestScope::new(state.clone(), endpoint, headers);
     if !state.is_ready() {
         return Err(
             scope.fail(ApiError::unavailable("The model is not ready yet: it is being verified, loaded or warmed up."))
@@ -138,12 +138,12 @@ fn model_object(state: &AppState) -> serde_json::Value {
 }
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let scope = RequestScope::new(state.clone(), Endpoint::Models);
+    let scope = RequestScope::new(state.clone(), Endpoint::Models, &headers);
     model_listing(scope, &state, &headers, None).await
 }
 
 async fn model(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let scope = RequestScope::new(state.clone(), Endpoint::Models);
+    let scope = RequestScope::new(state.clone(), Endpoint::Models, &headers);
     model_listing(scope, &state, &headers, Some(id)).await
 }
 

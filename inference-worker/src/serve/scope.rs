@@ -34,6 +34,8 @@ pub struct RequestScope {
     done: bool,
     /// The admission slot, held until the last byte.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The request's trace span (exported over OTLP when configured); it ends with the scope.
+    span: tracing::Span,
 }
 
 fn new_request_id() -> String {
@@ -45,14 +47,29 @@ fn new_request_id() -> String {
 }
 
 impl RequestScope {
-    pub fn new(state: Arc<AppState>, endpoint: Endpoint) -> Self {
+    pub fn new(state: Arc<AppState>, endpoint: Endpoint, headers: &axum::http::HeaderMap) -> Self {
         state.metrics.in_flight.inc();
         let full = state.audit_level == AuditLevel::Full;
+        let request_id = new_request_id();
+        let span = tracing::info_span!(
+            "request",
+            otel.name = endpoint.span_name(),
+            otel.kind = "server",
+            request_id = %request_id,
+            gen_ai.request.model = %state.served_model,
+            taimatsu.revision = %state.revision,
+            http.response.status_code = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            taimatsu.caller = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        taimatsu_telemetry::extract_parent(&span, headers);
         Self {
             state,
             endpoint,
             started: Instant::now(),
-            request_id: new_request_id(),
+            request_id,
             caller: Caller::default(),
             status: CLIENT_CLOSED,
             prompt_tokens: 0,
@@ -65,6 +82,7 @@ impl RequestScope {
             first_token: false,
             done: false,
             permit: None,
+            span,
         }
     }
 
@@ -149,6 +167,15 @@ impl RequestScope {
     fn record(&mut self) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
         let m = &self.state.metrics;
         let elapsed = self.started.elapsed();
+        self.span.record("http.response.status_code", self.status);
+        self.span.record("gen_ai.usage.input_tokens", self.prompt_tokens);
+        self.span.record("gen_ai.usage.output_tokens", self.completion_tokens);
+        if let Some(caller) = &self.caller.key_id {
+            self.span.record("taimatsu.caller", caller.as_str());
+        }
+        if self.status >= 500 {
+            self.span.record("otel.status_code", "ERROR");
+        }
         m.in_flight.dec();
         m.requests
             .get_or_create(&RequestLabels { endpoint: self.endpoint, status_class: StatusClass::of(self.status) })

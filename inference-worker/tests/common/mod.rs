@@ -111,7 +111,17 @@ impl Worker {
         Self::start_with_manifest(spec, &manifest, dir)
     }
 
+    /// Like [`Worker::start`], with extra environment variables.
+    pub fn start_env(spec: WorkerSpec<'_>, env: &[(&str, &str)]) -> Worker {
+        let manifest = manifest_of(&spec.model_dir, spec.name, spec.format);
+        Self::launch(spec, &manifest, tempfile::tempdir().unwrap(), env)
+    }
+
     pub fn start_with_manifest(spec: WorkerSpec<'_>, manifest: &ModelManifest, dir: tempfile::TempDir) -> Worker {
+        Self::launch(spec, manifest, dir, &[])
+    }
+
+    fn launch(spec: WorkerSpec<'_>, manifest: &ModelManifest, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Worker {
         let manifest_path = dir.path().join("manifest.json");
         write_manifest(manifest, &manifest_path);
         let port = free_port();
@@ -131,6 +141,7 @@ impl Worker {
             .args(&spec.extra)
             .env("TAIMATSU_REVISION", "7f3a9c2e1b")
             .env("POD_NAME", "smollm2-chat-7f3a9c2e1b-abcde")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());
         let child = cmd.spawn().unwrap();
