@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => {
             let log = args.termination_log.clone();
-            (runtime.block_on(serve::run(*args, telemetry.logs_enabled())), Some(log))
+            (runtime.block_on(serve::run(*args, &telemetry)), Some(log))
         }
         Command::AuditVerify { file } => (audit_verify(&file), None),
         Command::Verify { model_dir, manifest, threads } => (verify(&model_dir, &manifest, threads), None),

@@ -103,7 +103,9 @@ impl AuditLog {
         };
         let healthy = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::channel::<Job>();
+        let file_len = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
         let mut writer = Writer {
+            file_len,
             file,
             stdout: sinks.stdout,
             otel_logs: sinks.otel_logs,
@@ -218,6 +220,8 @@ fn open_log(path: &Path) -> std::io::Result<(File, ChainState, Option<PathBuf>)>
 
 struct Writer {
     file: Option<File>,
+    /// The file's length after the last whole record (kept here: no stat per append).
+    file_len: u64,
     stdout: bool,
     otel_logs: bool,
     chain: ChainState,
@@ -312,12 +316,12 @@ impl Writer {
 
     fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
         if let Some(f) = &mut self.file {
-            let len = f.metadata().map(|m| m.len()).map_err(|e| e.to_string())?;
             if let Err(e) = f.write_all(bytes) {
                 // Cut a partial write back so the file still ends with a whole record.
-                let _ = f.set_len(len);
+                let _ = f.set_len(self.file_len);
                 return Err(format!("write: {e}"));
             }
+            self.file_len += bytes.len() as u64;
             if self.fsync == FsyncPolicy::Always {
                 f.sync_data().map_err(|e| format!("fsync: {e}"))?;
             }

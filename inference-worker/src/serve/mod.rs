@@ -27,8 +27,9 @@ use crate::cli::{Engine, Fsync, ServeArgs};
 use crate::termination::Failure;
 use state::{AppState, AuditLevel};
 
-/// `export_audit_logs`: also send each audit record as an OpenTelemetry log record.
-pub async fn run(args: ServeArgs, export_audit_logs: bool) -> Result<(), Failure> {
+/// `telemetry`: which OpenTelemetry signals are exported (request spans, audit log records).
+pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> Result<(), Failure> {
+    let export_audit_logs = telemetry.logs_enabled();
     let manifest = read_manifest(&args.manifest)?;
     if let Ok(expected) = std::env::var("TAIMATSU_MODEL_DIGEST")
         && !expected.is_empty()
@@ -104,6 +105,7 @@ pub async fn run(args: ServeArgs, export_audit_logs: bool) -> Result<(), Failure
         audit_level: args.audit_level,
         redact,
         metrics,
+        trace_requests: telemetry.traces_enabled(),
         ready: AtomicBool::new(false),
     });
 

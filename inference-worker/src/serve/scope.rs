@@ -42,7 +42,9 @@ fn new_request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let digest = Sha256::digest(format!("{now}-{n}-{}", std::process::id()).as_bytes());
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    let digest = Sha256::digest(format!("{now}-{n}-{pid}").as_bytes());
     hex::encode(&digest[..12])
 }
 
@@ -51,19 +53,25 @@ impl RequestScope {
         state.metrics.in_flight.inc();
         let full = state.audit_level == AuditLevel::Full;
         let request_id = new_request_id();
-        let span = tracing::info_span!(
-            "request",
-            otel.name = endpoint.span_name(),
-            otel.kind = "server",
-            request_id = %request_id,
-            gen_ai.request.model = %state.served_model,
-            taimatsu.revision = %state.revision,
-            http.response.status_code = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            taimatsu.caller = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        // Only when traces are exported: an unexported span still costs a registry entry and
+        // field formatting on the hot path.
+        let span = if !state.trace_requests {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "request",
+                otel.name = endpoint.span_name(),
+                otel.kind = "server",
+                request_id = %request_id,
+                gen_ai.request.model = %state.served_model,
+                taimatsu.revision = %state.revision,
+                http.response.status_code = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                taimatsu.caller = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
         taimatsu_telemetry::extract_parent(&span, headers);
         Self {
             state,

@@ -39,6 +39,8 @@ pub struct AppState {
     pub audit_level: AuditLevel,
     pub redact: Vec<regex::Regex>,
     pub metrics: Arc<Metrics>,
+    /// Whether each request gets a trace span (only when OTLP trace export is configured).
+    pub trace_requests: bool,
     /// Set once the model is verified and the backend answered its warm-up; cleared when it fails.
     pub ready: AtomicBool,
 }
