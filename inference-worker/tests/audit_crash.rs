@@ -81,17 +81,12 @@ fn sigkill_under_fsync_interval_loses_only_records_not_yet_written() {
     // Records are written (write(2)) as soon as the writer takes them, fsync or not; the
     // kernel keeps them across a process kill. The metric says when the writer has them.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&w, "taimatsu_worker_audit_records_total") < 4.0 {
+    while w.metric("taimatsu_worker_audit_records_total").unwrap_or(0.0) < 4.0 {
         assert!(Instant::now() < deadline, "audit writer did not catch up");
         std::thread::sleep(Duration::from_millis(20));
     }
     sigkill(&mut w);
     assert_eq!(records(&log).0, 4);
-}
-
-fn metric(w: &Worker, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", w.metrics_port)).unwrap().text().unwrap();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[test]
@@ -107,7 +102,7 @@ fn fail_closed_refuses_requests_the_audit_cannot_record() {
     assert_eq!(ask(&w, "again"), 503);
     let w_open = start(Path::new("/dev/full"), &["--audit-fsync=always", "--audit-failure=fail-open"]);
     assert_eq!(ask(&w_open, "served unaudited, counted"), 200);
-    assert!(metric(&w_open, "taimatsu_worker_audit_write_failures_total") >= 1.0);
+    assert!(w_open.metric("taimatsu_worker_audit_write_failures_total").unwrap_or(0.0) >= 1.0);
 }
 
 #[test]

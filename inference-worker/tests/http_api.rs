@@ -51,12 +51,7 @@ fn hello(max_tokens: u32) -> Value {
 }
 
 fn metric(w: &Worker, line_prefix: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", w.metrics_port)).unwrap().text().unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or_else(|| panic!("no metric {line_prefix} in\n{text}"))
+    w.metric(line_prefix).unwrap_or_else(|| panic!("no metric {line_prefix}"))
 }
 
 #[test]

@@ -36,11 +36,6 @@ fn start(audit_log: &std::path::Path, upstream_port: u16) -> Worker {
     w
 }
 
-fn metric(w: &Worker, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", w.metrics_port)).unwrap().text().unwrap();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
-}
-
 fn upstream_pid(w: &Worker) -> u32 {
     let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id())).unwrap();
     children.split_whitespace().next().expect("the worker has no child process").parse().unwrap()
@@ -98,7 +93,7 @@ fn forwards_streams_errors_and_survives_upstream_death() {
     wait_until("the upstream to be restarted and ready", Duration::from_secs(120), || {
         client.get(w.url("/readyz")).send().map(|r| r.status() == 200).unwrap_or(false)
     });
-    assert_eq!(metric(&w, "taimatsu_worker_upstream_restarts_total"), 1.0);
+    assert_eq!(w.metric("taimatsu_worker_upstream_restarts_total").unwrap_or(0.0), 1.0);
     assert_ne!(upstream_pid(&w), pid);
     let r = client
         .post(w.url("/v1/completions"))

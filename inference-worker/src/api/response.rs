@@ -33,6 +33,26 @@ pub fn usage(prompt_tokens: u32, completion_tokens: u32) -> Value {
     })
 }
 
+/// The fields every body and chunk share, around its `choices` (and `usage`, when given).
+fn envelope(kind: Kind, meta: &Meta<'_>, object: &str, choices: Value, usage: Option<Value>) -> Value {
+    let mut body = json!({
+        "id": id(kind, meta),
+        "object": object,
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": meta.fingerprint,
+        "choices": choices,
+    });
+    if let Some(usage) = usage {
+        body["usage"] = usage;
+    }
+    body
+}
+
+fn chunk_object(kind: Kind) -> &'static str {
+    if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" }
+}
+
 pub fn full(kind: Kind, meta: &Meta<'_>, text: &str, finish_reason: &str, usage: Value) -> Value {
     let choice = match kind {
         Kind::Chat => json!({
@@ -43,15 +63,8 @@ pub fn full(kind: Kind, meta: &Meta<'_>, text: &str, finish_reason: &str, usage:
         }),
         Kind::Completion => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason }),
     };
-    json!({
-        "id": id(kind, meta),
-        "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": meta.fingerprint,
-        "choices": [choice],
-        "usage": usage,
-    })
+    let object = if kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+    envelope(kind, meta, object, json!([choice]), Some(usage))
 }
 
 /// A streaming chunk. `text: None` with a finish reason is the last content chunk;
@@ -72,25 +85,10 @@ pub fn chunk(kind: Kind, meta: &Meta<'_>, text: Option<&str>, first: bool, finis
             json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish_reason })
         }
     };
-    json!({
-        "id": id(kind, meta),
-        "object": if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": meta.fingerprint,
-        "choices": [choice],
-    })
+    envelope(kind, meta, chunk_object(kind), json!([choice]), None)
 }
 
 /// The final usage chunk of a stream (`stream_options.include_usage`): no choices.
 pub fn usage_chunk(kind: Kind, meta: &Meta<'_>, usage: Value) -> Value {
-    json!({
-        "id": id(kind, meta),
-        "object": if kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": meta.fingerprint,
-        "choices": [],
-        "usage": usage,
-    })
+    envelope(kind, meta, chunk_object(kind), json!([]), Some(usage))
 }

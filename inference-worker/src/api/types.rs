@@ -110,6 +110,14 @@ impl Stop {
     }
 }
 
+/// The chat prompt as the request audit hashes it: one `role: content` line per message.
+pub fn audit_text(messages: &[ChatMessageIn]) -> String {
+    messages
+        .iter()
+        .map(|m| format!("{}: {}\n", m.role, m.content.as_ref().map(MessageContent::text).unwrap_or_default()))
+        .collect()
+}
+
 impl MessageContent {
     /// The text of the message; non-text parts are refused by validation before this.
     pub fn text(&self) -> String {

@@ -11,7 +11,7 @@ use taimatsu_cpu_engine::{
 };
 
 use crate::api::response::{self, Kind, Meta};
-use crate::api::types::{CompletionRequest, EmbeddingInput, EmbeddingRequest, Prompt};
+use crate::api::types::{self, CompletionRequest, EmbeddingInput, EmbeddingRequest, Prompt};
 use crate::api::{ApiError, parse::json_body, sse, validate};
 use crate::serve::scope::RequestScope;
 use crate::serve::state::AppState;
@@ -50,22 +50,18 @@ fn text_engine(builtin: &Builtin) -> Result<&Arc<TextEngine>, ApiError> {
         .ok_or_else(|| ApiError::invalid("model", "This deployment serves an embedding model: use /v1/embeddings."))
 }
 
-/// The prompt as audited: the messages as `role: content` lines.
-fn chat_audit_text(messages: &[ChatMessage]) -> String {
-    messages.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect()
-}
-
 pub async fn chat(builtin: &Builtin, mut scope: RequestScope, body: Bytes) -> Response {
     let state = scope.state().clone();
     let prepared = (|| {
         let (messages, generation) = validate::chat(&body, &state.served_model, &state.limits)?;
         let engine = text_engine(builtin)?.clone();
+        let audit_text = types::audit_text(&messages);
         let messages: Vec<ChatMessage> = messages
             .into_iter()
             .map(|m| ChatMessage { role: m.role, content: m.content.map(|c| c.text()).unwrap_or_default() })
             .collect();
         let prompt = engine.apply_chat_template(&messages).map_err(engine_error)?;
-        Ok::<_, ApiError>((engine, chat_audit_text(&messages), prompt, generation))
+        Ok::<_, ApiError>((engine, audit_text, prompt, generation))
     })();
     let (engine, audit_text, prompt, generation) = match prepared {
         Ok(p) => p,

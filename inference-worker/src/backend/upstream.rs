@@ -91,11 +91,7 @@ fn check(route: Route, body: &[u8], scope: &RequestScope) -> Result<(String, boo
     match route {
         Route::Chat => {
             let (messages, g) = validate::chat(body, &state.served_model, &state.limits)?;
-            let text = messages
-                .iter()
-                .map(|m| format!("{}: {}\n", m.role, m.content.as_ref().map(|c| c.text()).unwrap_or_default()))
-                .collect();
-            Ok((text, g.stream, g.include_usage))
+            Ok((crate::api::types::audit_text(&messages), g.stream, g.include_usage))
         }
         Route::Completions => {
             let req: CompletionRequest = json_body(body)?;

@@ -25,7 +25,7 @@ use crate::backend::upstream::Upstream;
 use crate::backend::{Backend, builtin::Builtin};
 use crate::cli::{Engine, Fsync, ServeArgs};
 use crate::termination::Failure;
-use state::{AppState, AuditLevel};
+use state::{AppState, AuditLevel, unix_now};
 
 /// `telemetry`: which OpenTelemetry signals are exported (request spans, audit log records).
 pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> Result<(), Failure> {
@@ -195,10 +195,6 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Fai
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::new("InvalidConfig", format!("cannot listen on {addr}: {e}")))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// Re-reads the API keys every 10 s, so a rotated Secret takes effect without a restart.

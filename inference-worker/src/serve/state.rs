@@ -56,6 +56,11 @@ impl AppState {
     }
 
     pub fn now_unix(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+        unix_now()
     }
+}
+
+/// Seconds since the Unix epoch, OpenAI's `created`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }

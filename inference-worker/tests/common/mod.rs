@@ -1,7 +1,6 @@
 //! Shared by the worker's integration tests: real models, the real binary, real clients.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -82,7 +81,7 @@ pub fn write_manifest(manifest: &ModelManifest, at: &Path) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    taimatsu_tests::control_plane::free_port().unwrap()
 }
 
 /// A running `inference-worker serve`, killed on drop.
@@ -154,6 +153,13 @@ impl Worker {
 
     pub fn base_url(&self) -> String {
         self.url("/v1")
+    }
+
+    /// The value of the first metric line starting with `line_prefix` (name and labels).
+    pub fn metric(&self, line_prefix: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let text = reqwest::blocking::get(url).unwrap().text().unwrap();
+        text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()).map(|v| v.parse().unwrap())
     }
 
     pub fn logs(&self) -> String {
