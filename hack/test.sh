@@ -8,6 +8,11 @@ cd "$REPO_ROOT"
 started=$SECONDS
 
 require_toolchains
+# A cold run needs ≈ 15 GB (target/ ≈ 8 GB, .cache/ ≈ 8 GB); say so up front instead of
+# failing deep inside a compiler with ENOSPC.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+log "free disk: $((free_kb / 1024 / 1024)) GiB"
+[ "$free_kb" -gt $((16 * 1024 * 1024)) ] || log "warning: less than 16 GiB free; a cold run may run out of disk"
 # cmake + libclang: llama.cpp (the built-in engine) is compiled from source by llama-cpp-sys-2.
 ensure_apt ca-certificates git cmake clang libclang-dev
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
