@@ -120,7 +120,19 @@ pub struct VerifyError {
 
 /// Verifies a whole log (see the module docs) and names the first bad line.
 pub fn verify(log: &[u8]) -> Result<VerifyReport, VerifyError> {
-    let mut state = ChainState::default();
+    walk(ChainState::default(), log)
+}
+
+/// Verifies a segment that continues a chain from `start` (a later leader's file begins
+/// mid-chain) and returns where it ends. A torn last line is ignored, as in [`verify`].
+pub fn verify_from(start: &ChainState, log: &[u8]) -> Result<ChainState, VerifyError> {
+    let report = walk(start.clone(), log)?;
+    // `records` is the last sequence number reached, which for a full log is the count.
+    Ok(ChainState { last_seq: report.records, last_hash: report.last_hash })
+}
+
+fn walk(start: ChainState, log: &[u8]) -> Result<VerifyReport, VerifyError> {
+    let mut state = start;
     let mut offset = 0u64;
     let mut reader = log;
     let mut line_no = 0u64;
@@ -174,6 +186,69 @@ pub fn verify(log: &[u8]) -> Result<VerifyReport, VerifyError> {
         complete_bytes: offset,
         incomplete_tail: false,
     })
+}
+
+/// Segments of one chain, merged in sequence order: what [`merge_segments`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedChain {
+    /// The complete lines of every segment, each sequence number once, in order.
+    pub log: Vec<u8>,
+    /// Segments whose last line was cut short by a crash.
+    pub incomplete_tails: usize,
+}
+
+/// The first problem found while merging segments.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("segment {segment}, line {line}: not a sealed audit record: {problem}")]
+    Unreadable { segment: usize, line: u64, problem: String },
+    #[error(
+        "record {seq} exists in two different versions (segments {first} and {second}): the chain forked or a copy was altered"
+    )]
+    Fork { seq: u64, first: usize, second: usize },
+    #[error("records {from} to {to} are in no segment: they were deleted, or a segment is missing")]
+    Gap { from: u64, to: u64 },
+}
+
+/// Merges several files of one chain — the operator writes one per replica that has led,
+/// and every leader continues the single chain anchored in the API server — into one log
+/// for [`verify`]. The same record in two segments is fine if byte-identical; two different
+/// records with one sequence number are a fork; a sequence number in no segment is a gap.
+pub fn merge_segments(segments: &[&[u8]]) -> Result<MergedChain, MergeError> {
+    #[derive(Deserialize)]
+    struct SeqOnly {
+        seq: u64,
+    }
+    let mut by_seq: std::collections::BTreeMap<u64, (usize, &[u8])> = std::collections::BTreeMap::new();
+    let mut incomplete_tails = 0;
+    for (segment, bytes) in segments.iter().enumerate() {
+        for (index, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
+            if line.last() != Some(&b'\n') {
+                incomplete_tails += 1;
+                continue;
+            }
+            let unreadable =
+                |problem: String| MergeError::Unreadable { segment: segment + 1, line: index as u64 + 1, problem };
+            let parsed: SeqOnly = serde_json::from_slice(line).map_err(|e| unreadable(e.to_string()))?;
+            match by_seq.get(&parsed.seq) {
+                Some((first, existing)) if *existing != line => {
+                    return Err(MergeError::Fork { seq: parsed.seq, first: first + 1, second: segment + 1 });
+                }
+                Some(_) => {}
+                None => {
+                    by_seq.insert(parsed.seq, (segment, line));
+                }
+            }
+        }
+    }
+    let mut log = Vec::new();
+    for (expected, (seq, (_, line))) in (1..).zip(by_seq) {
+        if seq != expected {
+            return Err(MergeError::Gap { from: expected, to: seq - 1 });
+        }
+        log.extend_from_slice(line);
+    }
+    Ok(MergedChain { log, incomplete_tails })
 }
 
 #[cfg(test)]
@@ -250,5 +325,25 @@ mod tests {
         let mut resumed = cut[..keep as usize].to_owned();
         resumed.push_str(&state.seal(&json!({ "event": "after-crash" })).unwrap());
         assert_eq!(verify(resumed.as_bytes()).unwrap().records, 3);
+    }
+    #[test]
+    fn segments_of_one_chain_merge_and_verify() {
+        let lines: Vec<String> = log_of(5).split_inclusive('\n').map(str::to_owned).collect();
+        // Replica A wrote 1–3, replica B (the next leader) 3–5 after recovering record 3.
+        let a = lines[..3].concat();
+        let b = lines[2..].concat();
+        let merged = merge_segments(&[b.as_bytes(), a.as_bytes()]).unwrap();
+        assert_eq!(verify(&merged.log).unwrap().records, 5);
+    }
+
+    #[test]
+    fn a_fork_and_a_gap_are_named() {
+        let lines: Vec<String> = log_of(4).split_inclusive('\n').map(str::to_owned).collect();
+        let mut other = ChainState::default();
+        let forked: String = (1..=2).map(|i| other.seal(&json!({ "other": i })).unwrap()).collect();
+        let err = merge_segments(&[lines.concat().as_bytes(), forked.as_bytes()]).unwrap_err();
+        assert_eq!(err, MergeError::Fork { seq: 1, first: 1, second: 2 });
+        let holes = [lines[0].as_str(), lines[3].as_str()].concat();
+        assert_eq!(merge_segments(&[holes.as_bytes()]).unwrap_err(), MergeError::Gap { from: 2, to: 3 });
     }
 }
