@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -21,11 +21,11 @@ use serde_json::json;
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment, ModelDeploymentStatus};
 use tracing::{Instrument, info, warn};
 
-use crate::build::{self, Inputs, Settings, labels};
+use crate::audit::ControlPlaneAudit;
+use crate::build::{self, Settings, labels};
 use crate::error::Error;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::status::{self, Observed, Reason};
-use crate::validate;
 
 /// The one field manager for everything the operator writes.
 pub const FIELD_MANAGER: &str = "taimatsu-operator";
@@ -39,18 +39,20 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    pub audit: ControlPlaneAudit,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Metrics, identity: &str) -> Self {
+    pub fn new(client: Client, settings: Settings, metrics: Metrics, identity: &str, audit: ControlPlaneAudit) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_owned()) };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
             metrics,
+            audit,
             failures: Mutex::default(),
         }
     }
@@ -141,89 +143,7 @@ async fn reconcile_traced(md: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, Error> {
-    let ns = md.namespace().ok_or(Error::NoNamespace)?;
-    let name = md.name_any();
-    let client = &ctx.client;
-
-    // Dereference.
-    let model = Api::<Model>::namespaced(client.clone(), &ns).get_opt(&md.spec.model_ref.name).await?;
-    let profile = match profile_name(md) {
-        Some(p) => Api::<AcceleratorProfile>::all(client.clone()).get_opt(&p).await?,
-        None => None,
-    };
-    let allows_unpinned = Api::<Namespace>::all(client.clone())
-        .get_opt(&ns)
-        .await?
-        .is_some_and(|n| n.labels().get(validate::ALLOW_UNPINNED_LABEL).is_some_and(|v| v == "true"));
-
-    // Validate.
-    let validate::Validated { model, digest } =
-        match validate::check(md, model.as_ref(), profile.as_ref(), allows_unpinned) {
-            Ok(v) => v,
-            Err(b) => return block(md, ctx, b).await,
-        };
-
-    // Build.
-    let revision = build::revision_hash(md, model, &digest, profile.as_ref());
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let desired_before = deployments.get_opt(&labels::revision_name(&name, &revision)).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let revision_pods = pods
-        .list(&ListParams::default().labels(&format!(
-            "{}={name},{}={revision}",
-            labels::DEPLOYMENT_LABEL,
-            labels::REVISION_LABEL
-        )))
-        .await?
-        .items;
-    let desired_state = status::revision_state(desired_before.as_ref(), &revision_pods, md.spec.replicas);
-    let current_serving = Api::<Service>::namespaced(client.clone(), &ns)
-        .get_opt(&name)
-        .await?
-        .and_then(|s| s.spec?.selector?.get(labels::REVISION_LABEL).cloned());
-    let serving_revision = match current_serving {
-        Some(current)
-            if !desired_state.available
-                && current != revision
-                && revision_exists(&deployments, &name, &current).await? =>
-        {
-            current
-        }
-        _ => revision.clone(),
-    };
-    let inputs = Inputs {
-        deployment: md,
-        model,
-        profile: profile.as_ref(),
-        model_digest: digest.clone(),
-        revision: revision.clone(),
-        serving_revision: serving_revision.clone(),
-        settings: &ctx.settings,
-    };
-
-    // Apply.
-    let applied = apply(client, &ns, &name, build::build(&inputs)).await?;
-    let serving_desired = serving_revision == revision;
-    if serving_desired && desired_state.available {
-        remove_other_revisions(client, &ns, &name, &revision).await?;
-    }
-
-    // Status.
-    let state = status::revision_state(Some(&applied), &revision_pods, md.spec.replicas);
-    let observed = status::serving(&state, serving_desired, md.spec.replicas);
-    let extra = json!({
-        "servingModelDigest": digest,
-        "replicas": state.replicas,
-        "readyReplicas": state.ready_replicas,
-        "endpoint": format!("http://{name}.{ns}.svc:{}/v1", labels::API_PORT),
-    });
-    write_status(md, ctx, &observed, extra).await?;
-    let requeue = if serving_desired && state.available { Duration::from_secs(600) } else { Duration::from_secs(30) };
-    Ok(Action::requeue(requeue))
-}
-
-async fn revision_exists(deployments: &Api<Deployment>, name: &str, revision: &str) -> Result<bool, Error> {
-    Ok(deployments.get_opt(&labels::revision_name(name, revision)).await?.is_some())
+    crate::rollout::reconcile(md, ctx).await
 }
 
 /// An object that does not decode: say so in its status and an Event, then wait for
@@ -255,13 +175,17 @@ async fn report_invalid(invalid: &InvalidObject, ctx: &Context) -> Result<Action
 }
 
 /// Reports why nothing is rolled out, and changes nothing else.
-async fn block(md: &ModelDeployment, ctx: &Context, blocked: validate::Blocked) -> Result<Action, Error> {
+pub(crate) async fn block(
+    md: &ModelDeployment,
+    ctx: &Context,
+    blocked: crate::validate::Blocked,
+) -> Result<Action, Error> {
     info!(name = %md.name_any(), reason = blocked.reason.as_str(), message = %blocked.message, "not rolled out");
     write_status(md, ctx, &status::blocked(blocked.reason, &blocked.message), json!({})).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-async fn write_status(
+pub(crate) async fn write_status(
     md: &ModelDeployment,
     ctx: &Context,
     observed: &[Observed],
@@ -292,7 +216,7 @@ async fn publish_transitions(md: &ModelDeployment, ctx: &Context, old: &ModelDep
         if before == Some(o.reason.as_str()) || (o.reason == Reason::AsExpected && before.is_none()) {
             continue;
         }
-        let bad = matches!(o.type_, "Degraded") && o.status
+        let bad = matches!(o.type_, "Degraded" | "RolledBack") && o.status
             || matches!(o.type_, "Ready") && !o.status && o.reason != Reason::RolloutInProgress;
         let type_ = if bad { EventType::Warning } else { EventType::Normal };
         let note = format!("{}: {}", o.type_, o.message);
@@ -301,7 +225,7 @@ async fn publish_transitions(md: &ModelDeployment, ctx: &Context, old: &ModelDep
 }
 
 /// Publishes one Event; a failure to publish is logged, never fatal to the reconcile.
-async fn publish_event(
+pub(crate) async fn publish_event(
     ctx: &Context,
     type_: EventType,
     reason: Reason,
@@ -323,7 +247,12 @@ async fn publish_event(
 
 /// Server-side applies every child. Destructured without `..`: a new child kind
 /// must be handled here.
-async fn apply(client: &Client, ns: &str, name: &str, children: build::Children) -> Result<Deployment, Error> {
+pub(crate) async fn apply(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    children: build::Children,
+) -> Result<Deployment, Error> {
     let build::Children { service_account, manifest, workload, service, egress_policy, disruption_budget } = children;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     ssa(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &service_account, &params).await?;
@@ -346,25 +275,9 @@ async fn apply(client: &Client, ns: &str, name: &str, children: build::Children)
     Ok(applied)
 }
 
-async fn ssa<K>(api: &Api<K>, obj: &K, params: &PatchParams) -> Result<K, Error>
+pub(crate) async fn ssa<K>(api: &Api<K>, obj: &K, params: &PatchParams) -> Result<K, Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     Ok(api.patch(&obj.name_any(), params, &Patch::Apply(obj)).await?)
-}
-
-/// Deletes the worker Deployments and manifests of revisions other than `keep`.
-async fn remove_other_revisions(client: &Client, ns: &str, name: &str, keep: &str) -> Result<(), Error> {
-    let selector = format!("{}={name},{}!={keep}", labels::DEPLOYMENT_LABEL, labels::REVISION_LABEL);
-    let lp = ListParams::default().labels(&selector);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for d in deployments.list(&lp).await?.items {
-        info!(deployment = %d.name_any(), "removing superseded revision");
-        deployments.delete(&d.name_any(), &DeleteParams::background()).await?;
-    }
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    for m in maps.list(&lp).await?.items {
-        maps.delete(&m.name_any(), &DeleteParams::background()).await?;
-    }
-    Ok(())
 }

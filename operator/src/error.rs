@@ -6,6 +6,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no namespace")]
     NoNamespace,
+    #[error("control-plane audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl Error {
@@ -16,6 +18,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "client",
             Error::NoNamespace => "invalid-object",
+            Error::Audit(_) => "audit",
         }
     }
 }

@@ -1,13 +1,5 @@
 //! taimatsu-operator: reconciles ModelDeployments into inference-worker workloads.
 
-mod build;
-mod controller;
-mod error;
-mod leader;
-mod metrics;
-mod status;
-mod validate;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
+use taimatsu_operator::{build, controller, leader, metrics};
 use taimatsu_telemetry::LogFormat;
 use tracing::info;
 
@@ -50,6 +44,17 @@ struct Args {
     /// Log format: json (default, for log pipelines) or text.
     #[arg(long, env = "TAIMATSU_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Control-plane audit file (JSON lines, hash-chained), on a persistent volume in
+    /// production. Empty: no file (stdout only).
+    #[arg(long, env = "TAIMATSU_AUDIT_LOG", default_value = "/var/lib/taimatsu/audit/control-plane.jsonl")]
+    audit_log: String,
+    /// Also write control-plane audit records to stdout, for the cluster's log pipeline.
+    #[arg(long, env = "TAIMATSU_AUDIT_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    audit_stdout: bool,
+    /// ConfigMap (in the lease namespace) anchoring the audit chain's head, so that every
+    /// leader continues one chain.
+    #[arg(long, env = "TAIMATSU_AUDIT_HEAD", default_value = "taimatsu-audit-head")]
+    audit_head: String,
 }
 
 #[tokio::main]
@@ -83,8 +88,18 @@ async fn main() -> anyhow::Result<()> {
     }
     info!(%identity, "leading: starting the controller");
 
+    let audit = ControlPlaneAudit::open(
+        client.clone(),
+        AuditConfig {
+            file: (!args.audit_log.is_empty()).then(|| args.audit_log.clone().into()),
+            stdout: args.audit_stdout,
+            head_namespace: args.lease_namespace.clone(),
+            head_name: args.audit_head.clone(),
+            identity: identity.clone(),
+        },
+    )?;
     let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
-    let ctx = Arc::new(controller::Context::new(client, settings, metrics, &identity));
+    let ctx = Arc::new(controller::Context::new(client, settings, metrics, &identity, audit));
     let mut lost = leading.clone();
     let stop = async move {
         tokio::select! {

@@ -20,7 +20,16 @@ pub enum Reason {
     Unschedulable,
     FetchFailed,
     DigestMismatch,
+    CrashLoop,
+    ProgressDeadlineExceeded,
+    RevisionNotFound,
     InvalidSpec,
+    // Reasons of Events only.
+    RevisionCreated,
+    RolloutStarted,
+    RolloutSucceeded,
+    RolledBack,
+    HistoryPruned,
 }
 
 impl Reason {
@@ -39,8 +48,28 @@ impl Reason {
             Reason::Unschedulable => "Unschedulable",
             Reason::FetchFailed => "FetchFailed",
             Reason::DigestMismatch => "DigestMismatch",
+            Reason::CrashLoop => "CrashLoop",
+            Reason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            Reason::RevisionNotFound => "RevisionNotFound",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::RevisionCreated => "RevisionCreated",
+            Reason::RolloutStarted => "RolloutStarted",
+            Reason::RolloutSucceeded => "RolloutSucceeded",
+            Reason::RolledBack => "RolledBack",
+            Reason::HistoryPruned => "HistoryPruned",
         }
+    }
+}
+
+impl Reason {
+    /// The failure reason a revision record stores as `<Reason>: <message>`.
+    pub fn parse_failure(text: &str) -> (Reason, String) {
+        let (head, message) = text.split_once(": ").unwrap_or((text, ""));
+        let reason = [Reason::DigestMismatch, Reason::FetchFailed, Reason::CrashLoop, Reason::ProgressDeadlineExceeded]
+            .into_iter()
+            .find(|r| r.as_str() == head)
+            .unwrap_or(Reason::FetchFailed);
+        (reason, message.to_owned())
     }
 }
 
@@ -94,7 +123,7 @@ pub fn revision_state(deployment: Option<&Deployment>, pods: &[Pod], desired_rep
 }
 
 /// The first scheduling or fetch failure among the pods.
-fn pod_problem(pods: &[Pod]) -> Option<(Reason, String)> {
+pub fn pod_problem(pods: &[Pod]) -> Option<(Reason, String)> {
     for pod in pods {
         let Some(status) = &pod.status else { continue };
         for c in status.conditions.iter().flatten() {
@@ -119,41 +148,70 @@ fn pod_problem(pods: &[Pod]) -> Option<(Reason, String)> {
     None
 }
 
-/// Conditions of a deployment being served: `desired` is the revision the spec asks
-/// for, `serving_desired` whether the Service already sends traffic to it.
-pub fn serving(desired: &RevisionState, serving_desired: bool, replicas: i32) -> Vec<Observed> {
+/// Where the rollout of the desired revision stands.
+#[derive(Clone, Debug)]
+pub struct Progress<'a> {
+    pub replicas: i32,
+    pub desired_number: i64,
+    pub desired: &'a RevisionState,
+    /// The desired revision is the stable one, with every replica available.
+    pub complete: bool,
+    /// Why the desired revision failed, when it did.
+    pub failed: Option<&'a (Reason, String)>,
+    /// The last stable revision, while it serves beside or instead of the desired one,
+    /// and whether it has available pods.
+    pub serving: Option<(i64, bool)>,
+    /// Serving was returned to the stable revision after the desired one failed.
+    pub rolled_back: bool,
+}
+
+/// Conditions of a deployment whose revisions are being served.
+pub fn serving(p: &Progress<'_>) -> Vec<Observed> {
+    let (d, replicas) = (p.desired_number, p.replicas);
+    let ready = format!("{} of {replicas} replicas of revision {d} ready", p.desired.ready_replicas);
+    let serving_stable = p.serving.filter(|(_, available)| *available).map(|(n, _)| n);
     let mut out = Vec::new();
-    if replicas == 0 {
-        out.push(cond("Ready", true, Reason::ScaledToZero, "spec.replicas is 0"));
-    } else if desired.available && serving_desired {
-        out.push(cond(
+    out.push(if replicas == 0 {
+        cond("Ready", true, Reason::ScaledToZero, "spec.replicas is 0")
+    } else if p.complete {
+        cond("Ready", true, Reason::Available, ready.clone())
+    } else if let Some(s) = serving_stable {
+        cond(
             "Ready",
             true,
             Reason::Available,
-            format!("{} of {replicas} replicas ready", desired.ready_replicas),
-        ));
+            format!(
+                "revision {s} is serving while revision {d} {}",
+                if p.failed.is_some() { "failed" } else { "rolls out" }
+            ),
+        )
+    } else if let Some((reason, message)) = p.failed {
+        cond("Ready", false, *reason, format!("revision {d} failed: {message}"))
     } else {
-        out.push(cond(
-            "Ready",
-            false,
-            Reason::RolloutInProgress,
-            format!("{} of {replicas} replicas ready", desired.ready_replicas),
-        ));
-    }
-    if desired.available && serving_desired {
-        out.push(cond("Progressing", false, Reason::RolloutComplete, "the desired revision is serving"));
+        cond("Ready", false, Reason::RolloutInProgress, ready.clone())
+    });
+    out.push(if p.complete {
+        cond("Progressing", false, Reason::RolloutComplete, format!("revision {d} is serving"))
+    } else if let Some((reason, message)) = p.failed {
+        cond("Progressing", false, *reason, format!("revision {d} failed: {message}"))
     } else {
-        out.push(cond(
-            "Progressing",
+        cond("Progressing", true, Reason::RolloutInProgress, format!("rolling out revision {d}: {ready}"))
+    });
+    out.push(match (p.failed, &p.desired.problem) {
+        (Some((reason, message)), _) | (None, Some((reason, message))) => {
+            cond("Degraded", true, *reason, message.clone())
+        }
+        (None, None) => cond("Degraded", false, Reason::AsExpected, ""),
+    });
+    out.push(match (p.rolled_back, p.failed, p.serving) {
+        (true, Some((reason, message)), Some((s, _))) => cond(
+            "RolledBack",
             true,
-            Reason::RolloutInProgress,
-            "waiting for the desired revision's pods to become ready",
-        ));
-    }
-    match &desired.problem {
-        Some((reason, message)) => out.push(cond("Degraded", true, *reason, message.clone())),
-        None => out.push(cond("Degraded", false, Reason::AsExpected, "")),
-    }
+            *reason,
+            format!("desired revision {d} failed ({}: {message}): serving revision {s}", reason.as_str()),
+        ),
+        _ => cond("RolledBack", false, Reason::AsExpected, ""),
+    });
     out
 }
 

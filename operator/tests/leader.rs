@@ -71,4 +71,27 @@ async fn only_the_leader_reconciles_and_a_killed_leader_hands_over() {
         assert!(reconcile_count(standby_port).await > 0, "the new leader reconciles");
     })
     .await;
+
+    // One audit chain across the leader change: each replica's file is a segment, the new
+    // leader's starting where the killed one's ended, and together they verify.
+    let segments: Vec<Vec<u8>> =
+        [leader.as_str(), standby].iter().map(|id| std::fs::read(audit_log(cp, id)).unwrap()).collect();
+    let first_seq = |bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes.split(|b| *b == b'\n').next().unwrap()).unwrap()["seq"]
+            .as_u64()
+    };
+    assert_eq!(first_seq(&segments[0]), Some(1));
+    assert!(first_seq(&segments[1]) > Some(1), "the new leader continues the chain instead of starting another");
+    let merged = taimatsu_core::audit_chain::merge_segments(&[&segments[1], &segments[0]]).expect("no fork, no gap");
+    let report = taimatsu_core::audit_chain::verify(&merged.log).expect("one valid chain");
+    let writers: std::collections::BTreeSet<String> = merged
+        .log
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<serde_json::Value>(l).unwrap()["record"]["operator"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(writers, [leader.clone(), standby.to_owned()].into_iter().collect());
+    assert!(report.records >= 6, "{} records", report.records);
 }

@@ -81,6 +81,12 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// The directory holding this control plane's state; processes started with
+    /// [`Self::start_process`] run in it.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Kubeconfig file for one of [`USERS`].
     pub fn kubeconfig(&self, user: &str) -> PathBuf {
         self.dir.join(format!("{user}.kubeconfig"))
@@ -100,12 +106,15 @@ impl ControlPlane {
 
     /// Runs the Go-built kubectl as admin.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(self.bin_dir.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig("taimatsu-admin"))
-            .args(args)
-            .output()
-            .context("running kubectl")
+        self.kubectl_command().args(args).output().context("running kubectl")
+    }
+
+    /// The Go-built kubectl as admin, to add arguments and environment to. The
+    /// kubeconfig is passed in the environment, where kubectl plugins find it too.
+    pub fn kubectl_command(&self) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("kubectl"));
+        cmd.env("KUBECONFIG", self.kubeconfig("taimatsu-admin"));
+        cmd
     }
 
     /// Starts another process (an operator under test, say) supervised like the

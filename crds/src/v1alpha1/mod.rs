@@ -9,8 +9,8 @@ pub use accelerator_profile::{AcceleratorProfile, AcceleratorProfileSpec, Accele
 pub use common::{ObjectRef, SecretKeyRef};
 pub use model::{Model, ModelFile, ModelSignature, ModelSource, ModelSpec, ModelStatus, SignatureFormat};
 pub use model_deployment::{
-    AccessSpec, AnalysisSpec, AuditLevel, AuditSpec, EgressMode, EgressSpec, EngineSpec, ModelDeployment,
-    ModelDeploymentSpec, ModelDeploymentStatus, Placement, RollbackSpec, RolloutSpec, RolloutStrategy,
+    AccessSpec, AnalysisSpec, AuditLevel, AuditSpec, CHANGE_CAUSE_ANNOTATION, EgressMode, EgressSpec, EngineSpec,
+    ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, Placement, RollbackSpec, RolloutSpec, RolloutStrategy,
 };
 pub use taimatsu_core::{EngineKind, KvCacheDtype, ModelFormat, Quantization};
 

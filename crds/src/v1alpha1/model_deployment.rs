@@ -300,13 +300,25 @@ pub struct RollbackSpec {
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 1, max = 1000))]
     pub revision_history_limit: i32,
+
+    /// Declarative rollback: serve this recorded revision (`kubectl taimatsu history NAME`
+    /// lists them) instead of what the rest of the spec describes. Set it in Git or with
+    /// `kubectl taimatsu rollback`, say why in the `taimatsu.dev/change-cause` annotation,
+    /// and remove it to serve the spec again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub to_revision: Option<i64>,
 }
 
 impl Default for RollbackSpec {
     fn default() -> Self {
-        Self { automatic: true, revision_history_limit: default_history_limit() }
+        Self { automatic: true, revision_history_limit: default_history_limit(), to_revision: None }
     }
 }
+
+/// Annotation saying why a ModelDeployment was changed; recorded with the revision and
+/// in the audit trail.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "taimatsu.dev/change-cause";
 
 fn yes() -> bool {
     true
@@ -389,12 +401,16 @@ pub struct ModelDeploymentStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Revision the spec asks for.
+    /// Revision the spec asks for (`spec.rollback.toRevision` when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_revision: Option<i64>,
-    /// Revision currently serving traffic.
+    /// Last stable revision: the one serving traffic, alone or beside a revision being
+    /// rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_revision: Option<i64>,
+    /// The desired revision, when its rollout failed: it is not retried until the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<i64>,
     /// Manifest digest of the model the serving revision serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_model_digest: Option<String>,
@@ -407,7 +423,8 @@ pub struct ModelDeploymentStatus {
     /// In-cluster URL of the OpenAI-compatible endpoint, e.g. `http://qwen.ml.svc:8000/v1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Standard conditions: Ready, Progressing, Degraded.
+    /// Standard conditions: Ready, Progressing, Degraded, and RolledBack when serving was
+    /// returned to the last stable revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -38,8 +38,6 @@ pub struct Inputs<'a> {
     pub model_digest: String,
     /// Revision hash of what the spec asks for.
     pub revision: String,
-    /// Revision the Service sends traffic to (the desired one once it is available).
-    pub serving_revision: String,
     pub settings: &'a Settings,
 }
 

@@ -11,15 +11,16 @@ use super::labels::{self, API_PORT, METRICS_PORT};
 use super::workload::from_json;
 use super::{Inputs, child_meta};
 
-/// The stable endpoint: selects the pods of the serving revision only, so traffic
-/// moves to a new revision when it is ready, not before.
+/// The stable endpoint: selects the worker pods of every revision; readiness decides
+/// which receive traffic, so a new revision's pods take requests once they are ready and
+/// the stable revision's until they are removed, step by step (see `crate::rollout`).
 pub fn service(inputs: &Inputs<'_>) -> Service {
     let name = inputs.deployment.name_any();
     from_json(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": child_meta(inputs, name.clone()),
         "spec": {
-            "selector": labels::revision_selector(&name, &inputs.serving_revision),
+            "selector": labels::selector(&name),
             "ports": [
                 { "name": "http", "port": API_PORT, "targetPort": "http", "protocol": "TCP" },
                 { "name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP" },

@@ -56,19 +56,28 @@ fn check_fixture(name: &str, actual: &Value) {
     pretty_assertions::assert_eq!(expected, rendered, "{} differs from the builder's output", path.display());
 }
 
+fn inputs<'a>(
+    md: &'a ModelDeployment,
+    model: &'a Model,
+    profile: &'a AcceleratorProfile,
+    settings: &'a Settings,
+    revision: &str,
+) -> Inputs<'a> {
+    Inputs {
+        deployment: md,
+        model,
+        profile: Some(profile),
+        model_digest: "sha256:feed".into(),
+        revision: revision.into(),
+        settings,
+    }
+}
+
 #[test]
 fn tensor_parallel_vllm_deployment_on_h100_builds_the_reviewed_children() {
     let (md, model, profile) = (tp2_deployment(), qwen(), h100());
     let settings = Settings { worker_image: "registry.local/taimatsu/inference-worker:0.1.0".into(), hf_mirror: None };
-    let inputs = Inputs {
-        deployment: &md,
-        model: &model,
-        profile: Some(&profile),
-        model_digest: "sha256:feed".into(),
-        revision: "0123456789".into(),
-        serving_revision: "0123456789".into(),
-        settings: &settings,
-    };
+    let inputs = inputs(&md, &model, &profile, &settings, "0123456789");
     let children = build(&inputs);
     check_fixture("tp2-h100-workload.json", &serde_json::to_value(&children.workload).expect("json"));
     check_fixture(
@@ -84,23 +93,16 @@ fn tensor_parallel_vllm_deployment_on_h100_builds_the_reviewed_children() {
 }
 
 #[test]
-fn unrestricted_egress_builds_no_network_policy_and_service_follows_serving_revision() {
+fn unrestricted_egress_builds_no_network_policy_and_the_service_selects_every_revision() {
     let (mut md, model, profile) = (tp2_deployment(), qwen(), h100());
     md.spec.access.egress.mode = taimatsu_crds::v1alpha1::EgressMode::Unrestricted;
     let settings = Settings { worker_image: "w".into(), hf_mirror: None };
-    let inputs = Inputs {
-        deployment: &md,
-        model: &model,
-        profile: Some(&profile),
-        model_digest: "sha256:feed".into(),
-        revision: "new".into(),
-        serving_revision: "old".into(),
-        settings: &settings,
-    };
+    let inputs = inputs(&md, &model, &profile, &settings, "new");
     let children = build(&inputs);
     assert_eq!(children.egress_policy, None);
     let selector = children.service.spec.and_then(|s| s.selector).expect("selector");
-    assert_eq!(selector.get("taimatsu.dev/revision").map(String::as_str), Some("old"));
+    assert_eq!(selector.get("taimatsu.dev/revision"), None);
+    assert_eq!(selector.get("taimatsu.dev/model-deployment").map(String::as_str), Some("chat"));
     assert_eq!(children.workload.metadata.name.as_deref(), Some("chat-new"));
 }
 
@@ -109,15 +111,7 @@ fn pvc_source_is_mounted_read_only_where_the_fetcher_reads_it() {
     let (md, mut model, profile) = (tp2_deployment(), qwen(), h100());
     model.spec.source.uri = "pvc://model-store/qwen/Qwen2.5-7B".into();
     let settings = Settings { worker_image: "w".into(), hf_mirror: None };
-    let inputs = Inputs {
-        deployment: &md,
-        model: &model,
-        profile: Some(&profile),
-        model_digest: "sha256:feed".into(),
-        revision: "r".into(),
-        serving_revision: "r".into(),
-        settings: &settings,
-    };
+    let inputs = inputs(&md, &model, &profile, &settings, "r");
     let pod = serde_json::to_value(build(&inputs).workload).expect("json")["spec"]["template"]["spec"].clone();
     let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "model-source").cloned();
     assert_eq!(
@@ -133,4 +127,22 @@ fn pvc_source_is_mounted_read_only_where_the_fetcher_reads_it() {
         )
     );
     assert!(pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().all(|m| m["name"] != "model-source"));
+}
+
+#[test]
+fn a_revision_snapshot_rebuilds_exactly_what_it_recorded() {
+    let (md, model, profile) = (tp2_deployment(), qwen(), h100());
+    let hash = crate::build::revision_hash(&md, &model, "sha256:feed", Some(&profile));
+    let snapshot = crate::revision::Snapshot::of(&md, &model, "sha256:feed", Some(&profile), &hash);
+    // The spec moves on: another quantization, more replicas.
+    let mut later = md.clone();
+    later.spec.quantization = taimatsu_core::Quantization::Fp8;
+    later.spec.replicas = 3;
+    let (rebuilt, rebuilt_model, rebuilt_profile) = snapshot.materialize(&later);
+    assert_eq!(crate::build::revision_hash(&rebuilt, &rebuilt_model, "sha256:feed", rebuilt_profile.as_ref()), hash);
+    assert_eq!(rebuilt.spec.replicas, 3, "replicas are not part of a revision");
+    let settings = Settings { worker_image: "w".into(), hf_mirror: None };
+    let original = build(&inputs(&md, &model, &profile, &settings, &hash)).workload;
+    let again = build(&inputs(&rebuilt, &rebuilt_model, rebuilt_profile.as_ref().unwrap(), &settings, &hash)).workload;
+    assert_eq!(original.spec.unwrap().template, again.spec.unwrap().template);
 }

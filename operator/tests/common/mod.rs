@@ -25,8 +25,14 @@ pub fn operator_command(cp: &ControlPlane, identity: &str, lease_name: &str, htt
         .args(["--log-format=text", "--lease-namespace=default", "--lease-duration-seconds=3"])
         .arg(format!("--lease-name={lease_name}"))
         .arg(format!("--identity={identity}"))
-        .arg(format!("--http-addr=127.0.0.1:{http_port}"));
+        .arg(format!("--http-addr=127.0.0.1:{http_port}"))
+        .arg(format!("--audit-log={}", audit_log(cp, identity).display()));
     cmd
+}
+
+/// The control-plane audit file the operator `identity` writes.
+pub fn audit_log(cp: &ControlPlane, identity: &str) -> std::path::PathBuf {
+    cp.dir().join("audit").join(format!("{identity}.jsonl"))
 }
 
 /// Control plane with CRDs, example profiles and one running operator.

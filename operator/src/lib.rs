@@ -1,0 +1,15 @@
+//! The Taimatsu operator: reconciles ModelDeployments into inference-worker workloads,
+//! keeps their revision history, rolls out and back, and audits every decision. A library
+//! so that the operator binary and the `kubectl-taimatsu` plugin share the revision and
+//! status code.
+
+pub mod audit;
+pub mod build;
+pub mod controller;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod revision;
+pub mod rollout;
+pub mod status;
+pub mod validate;
