@@ -14,7 +14,8 @@ free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 log "free disk: $((free_kb / 1024 / 1024)) GiB"
 [ "$free_kb" -gt $((16 * 1024 * 1024)) ] || log "warning: less than 16 GiB free; a cold run may run out of disk"
 # cmake + libclang: llama.cpp (the built-in engine) is compiled from source by llama-cpp-sys-2.
-ensure_apt ca-certificates git cmake clang libclang-dev
+# lua5.4 + lua-cjson: the Argo CD health check is run by Debian's Lua interpreter.
+ensure_apt ca-certificates git cmake clang libclang-dev lua5.4 lua-cjson
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 TAIMATSU_CLUSTER_BIN_DIR="$(hack/build-cluster-bins.sh)"
@@ -26,6 +27,10 @@ TAIMATSU_MODELS_DIR="$(hack/models.sh)"
 TAIMATSU_PYTHON="$(hack/python-env.sh)"
 export TAIMATSU_MODELS_DIR TAIMATSU_PYTHON
 log "models and Python tools ready after $((SECONDS - started))s"
+
+log "GitOps: Argo CD health check on fixtures, kustomize overlays (the Go-built kubectl)"
+gitops/test/argocd-health.sh
+PATH="$TAIMATSU_CLUSTER_BIN_DIR:$PATH" gitops/test/kustomize.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -258,10 +258,21 @@ async fn a_digest_mismatch_rolls_back_to_the_last_stable_revision_and_is_not_ret
         .await
         .unwrap();
         assert_eq!(outcomes(&history(&client, &ns, "chat").await), vec![(1, Outcome::Active), (2, Outcome::Failed)]);
+        // Argo CD's health check (run by Debian's Lua) reads the live object as Degraded.
+        let live = cp.dir().join(format!("{ns}-chat.json"));
+        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+        std::fs::write(&live, serde_json::to_vec(&mds.get("chat").await.unwrap()).unwrap()).unwrap();
+        let health = Command::new("bash")
+            .arg(taimatsu_tests::repo_root().join("gitops/test/argocd-health.sh"))
+            .arg("--object")
+            .arg(&live)
+            .output()
+            .expect("argocd-health.sh");
+        let health = String::from_utf8_lossy(&health.stdout).to_string();
+        assert!(health.starts_with("Degraded\tdesired revision 2 failed (DigestMismatch"), "{health:?}");
 
         // Nothing retries it: another reconcile (an annotation change) leaves it failed.
         let before = event_names(&audit_events(cp, &ns, "chat")).len();
-        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
         mds.patch(
             "chat",
             &PatchParams::default(),
