@@ -26,6 +26,7 @@ use crate::build::{self, Settings, labels};
 use crate::error::Error;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::status::{self, Observed, Reason};
+use crate::webhook::Requesters;
 
 /// The one field manager for everything the operator writes.
 pub const FIELD_MANAGER: &str = "taimatsu-operator";
@@ -39,13 +40,22 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Metrics,
     pub recorder: Recorder,
-    pub audit: ControlPlaneAudit,
+    pub audit: Arc<ControlPlaneAudit>,
+    /// Who asked for each generation, from this replica's admission webhook.
+    pub requesters: Requesters,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, metrics: Metrics, identity: &str, audit: ControlPlaneAudit) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Metrics,
+        identity: &str,
+        audit: Arc<ControlPlaneAudit>,
+        requesters: Requesters,
+    ) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_owned()) };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -53,6 +63,7 @@ impl Context {
             settings,
             metrics,
             audit,
+            requesters,
             failures: Mutex::default(),
         }
     }

@@ -13,3 +13,4 @@ pub mod revision;
 pub mod rollout;
 pub mod status;
 pub mod validate;
+pub mod webhook;

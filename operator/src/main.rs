@@ -11,13 +11,15 @@ use axum::routing::get;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
+use taimatsu_operator::webhook::{self, Requesters, WebhookConfig};
 use taimatsu_operator::{build, controller, leader, metrics};
 use taimatsu_telemetry::LogFormat;
 use tracing::info;
 
 /// Configuration, from flags or the environment.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// A flag given twice takes its last value, so a wrapper can override a default it set.
+#[command(version, about, args_override_self = true)]
 struct Args {
     /// Default inference-worker image (air-gapped clusters point this at their registry).
     #[arg(long, env = "TAIMATSU_WORKER_IMAGE", default_value = "registry.local/taimatsu/inference-worker:0.1.0")]
@@ -55,6 +57,25 @@ struct Args {
     /// leader continues one chain.
     #[arg(long, env = "TAIMATSU_AUDIT_HEAD", default_value = "taimatsu-audit-head")]
     audit_head: String,
+    /// Address of the admission webhook that records who changes ModelDeployments and
+    /// Models. Empty: no webhook.
+    #[arg(long, env = "TAIMATSU_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: String,
+    /// Directory with the webhook's tls.crt and tls.key. Without them the operator
+    /// generates a CA and certificate and publishes the CA in --webhook-configuration.
+    #[arg(long, env = "TAIMATSU_WEBHOOK_CERT_DIR", default_value = "/etc/taimatsu/webhook")]
+    webhook_cert_dir: String,
+    /// Names a generated webhook certificate is valid for (DNS names or IP addresses).
+    #[arg(
+        long,
+        env = "TAIMATSU_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "taimatsu-operator-webhook.taimatsu-system.svc"
+    )]
+    webhook_dns_names: Vec<String>,
+    /// The ValidatingWebhookConfiguration whose caBundle receives a generated CA.
+    #[arg(long, env = "TAIMATSU_WEBHOOK_CONFIGURATION", default_value = "taimatsu-operator")]
+    webhook_configuration: String,
 }
 
 #[tokio::main]
@@ -70,6 +91,32 @@ async fn main() -> anyhow::Result<()> {
     let metrics = metrics::Metrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let http = serve_http(args.http_addr, registry, ready.clone()).await?;
+
+    // Every replica audits (its webhook records changes whether or not it leads); the
+    // chain's head in the API server keeps them one chain.
+    let audit = Arc::new(ControlPlaneAudit::open(
+        client.clone(),
+        AuditConfig {
+            file: (!args.audit_log.is_empty()).then(|| args.audit_log.clone().into()),
+            stdout: args.audit_stdout,
+            head_namespace: args.lease_namespace.clone(),
+            head_name: args.audit_head.clone(),
+            identity: identity.clone(),
+        },
+    )?);
+    let requesters = Requesters::default();
+    let webhook = match args.webhook_addr.as_str() {
+        "" => None,
+        addr => {
+            let config = WebhookConfig {
+                addr: addr.parse().map_err(|e| anyhow::anyhow!("--webhook-addr {addr:?}: {e}"))?,
+                cert_dir: args.webhook_cert_dir.clone().into(),
+                dns_names: args.webhook_dns_names.clone(),
+                configuration: args.webhook_configuration.clone(),
+            };
+            Some(webhook::serve(client.clone(), config, audit.clone(), requesters.clone()).await?)
+        }
+    };
 
     let lease = leader::LeaseConfig {
         namespace: args.lease_namespace.clone(),
@@ -88,18 +135,8 @@ async fn main() -> anyhow::Result<()> {
     }
     info!(%identity, "leading: starting the controller");
 
-    let audit = ControlPlaneAudit::open(
-        client.clone(),
-        AuditConfig {
-            file: (!args.audit_log.is_empty()).then(|| args.audit_log.clone().into()),
-            stdout: args.audit_stdout,
-            head_namespace: args.lease_namespace.clone(),
-            head_name: args.audit_head.clone(),
-            identity: identity.clone(),
-        },
-    )?;
     let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
-    let ctx = Arc::new(controller::Context::new(client, settings, metrics, &identity, audit));
+    let ctx = Arc::new(controller::Context::new(client, settings, metrics, &identity, audit, requesters));
     let mut lost = leading.clone();
     let stop = async move {
         tokio::select! {
@@ -109,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
     };
     controller::run(ctx, stop).await;
     http.abort();
+    if let Some(webhook) = webhook {
+        webhook.abort();
+    }
     if !*leading.borrow() {
         // Exit non-zero so the pod restarts and campaigns again.
         anyhow::bail!("leadership lost");

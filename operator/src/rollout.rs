@@ -55,7 +55,10 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         None => match spec_revision(md, ctx, &ns, &records).await? {
             SpecRevision::Blocked(b) => return controller::block(md, ctx, b).await,
             SpecRevision::Recorded(r) => r,
-            SpecRevision::New(snapshot) => {
+            SpecRevision::New(mut snapshot) => {
+                if let Some(user) = ctx.requesters.get(&ns, &name, generation) {
+                    snapshot.requested_by = user;
+                }
                 let number = plan::latest(&records).map_or(1, |r| r.number + 1);
                 let from = plan::stable(&records).map(|r| r.number);
                 let mut fields = revision_fields(&snapshot, number);
@@ -198,7 +201,9 @@ async fn restart(
     let mut fields = revision_fields(&record.snapshot, record.number);
     fields["from"] = json!(stable.map(|s| s.number));
     fields["previousOutcome"] = json!(previous.as_str());
-    fields["requestedBy"] = json!(spec_manager(md));
+    let generation = md.metadata.generation.unwrap_or_default();
+    let who = ctx.requesters.get(ns, &md.name_any(), generation).unwrap_or_else(|| spec_manager(md));
+    fields["requestedBy"] = json!(who);
     fields["changeCause"] = json!(md.annotations().get(CHANGE_CAUSE_ANNOTATION));
     audit(ctx, md, kind, fields).await?;
     let now = Timestamp::now().to_string();
