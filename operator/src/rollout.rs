@@ -208,6 +208,7 @@ async fn restart(
     audit(ctx, md, kind, fields).await?;
     let now = Timestamp::now().to_string();
     store::set_outcome(&ctx.client, ns, &record, Outcome::Progressing, None, Some(&now), None).await?;
+    warn_unevaluated_analysis(md, ctx).await;
     let what = if pinned { "rolling back to" } else { "rolling out" };
     event(
         ctx,
@@ -450,13 +451,28 @@ fn revision_fields(snapshot: &Snapshot, number: i64) -> Value {
         "revisionHash": snapshot.hash,
         "model": snapshot.model_name,
         "modelDigest": snapshot.model_digest,
-        "source": snapshot.model.source.uri,
+        "source": without_userinfo(&snapshot.model.source.uri),
         "quantization": snapshot.quantization,
         "engine": snapshot.engine.kind,
         "requestedBy": snapshot.requested_by,
         "changeCause": snapshot.change_cause,
         "generation": snapshot.generation,
     })
+}
+
+/// A source URI as the audit trail records it: credentials belong in a Secret, but a URI
+/// written as `https://user:token@host/…` must not carry them into the trail.
+fn without_userinfo(uri: &str) -> String {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://{host}{}", &rest[authority_end..]),
+                None => uri.to_owned(),
+            }
+        }
+        None => uri.to_owned(),
+    }
 }
 
 fn describe(snapshot: &Snapshot) -> String {
@@ -479,6 +495,25 @@ async fn event(ctx: &Context, md: &ModelDeployment, type_: EventType, reason: Re
     controller::publish_event(ctx, type_, reason, &note, &md.object_ref(&())).await;
 }
 
+/// `spec.rollout.analysis` is accepted by the API but not evaluated yet: say so where the
+/// user looks, at each rollout, rather than let them believe it gated the rollout.
+async fn warn_unevaluated_analysis(md: &ModelDeployment, ctx: &Context) {
+    if md.spec.rollout.analysis.is_some() {
+        let note = "spec.rollout.analysis is not evaluated yet: this rollout succeeds on pod availability alone";
+        event(ctx, md, EventType::Warning, Reason::RolloutStarted, note.to_owned()).await;
+    }
+}
+
 fn elapsed_seconds(started: Option<&str>) -> i64 {
     started.and_then(|s| s.parse::<Timestamp>().ok()).map_or(0, |t| Timestamp::now().duration_since(t).as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_a_source_uri_never_reach_the_audit_trail() {
+        assert_eq!(super::without_userinfo("https://bot:s3cr3t@mirror.internal/q/"), "https://mirror.internal/q/");
+        assert_eq!(super::without_userinfo("s3://bucket/a@b/c"), "s3://bucket/a@b/c");
+        assert_eq!(super::without_userinfo("pvc://models/q"), "pvc://models/q");
+    }
 }

@@ -230,7 +230,9 @@ pub struct RolloutSpec {
     #[schemars(range(min = 30, max = 86_400))]
     pub progress_deadline_seconds: i32,
 
-    /// Checks a new revision must pass before it counts as successful.
+    /// Checks on the new revision's metrics and answers. Accepted but NOT evaluated yet:
+    /// today a rollout succeeds when every pod of the new revision is available (see
+    /// docs/rollout-and-audit.md); the operator says so in an Event when this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
 }
