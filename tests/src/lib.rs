@@ -14,7 +14,11 @@ pub mod crds;
 pub mod fleet;
 pub mod namespace;
 pub mod otlp;
+pub mod pod_runner;
 pub mod process;
+pub mod rbac;
+pub mod sandbox;
+pub mod tls;
 pub mod wait;
 
 pub use control_plane::ControlPlane;

@@ -87,25 +87,7 @@ pub async fn reconcile_count(port: u16) -> u64 {
 /// Binds the repository's ClusterRole and leader-election Role to the
 /// `taimatsu-operator` user, so the operator under test has exactly those rights.
 pub async fn grant_operator_rbac(client: &Client) {
-    let files = taimatsu_tests::repo_root().join("charts/taimatsu/files");
-    for file in ["clusterrole.yaml", "lease-role.yaml"] {
-        let text = std::fs::read_to_string(files.join(file)).expect("RBAC file");
-        apply::apply_yaml(client, "default", &text).await.expect("apply RBAC");
-    }
-    let bindings = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: taimatsu-operator}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: taimatsu-operator}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: taimatsu-operator}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: taimatsu-operator-leader-election}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: taimatsu-operator-leader-election}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: taimatsu-operator}]
-"#;
-    apply::apply_yaml(client, "default", bindings).await.expect("apply bindings");
+    taimatsu_tests::rbac::grant_operator_rbac(client, "default").await.expect("operator RBAC");
 }
 
 /// A pinned safetensors Model of the given size, named `name`.

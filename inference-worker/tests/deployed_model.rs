@@ -1,0 +1,109 @@
+//! End to end: the operator deploys examples/quickstart/ on a real control plane, the pod
+//! it renders runs (fetch with sha256 verification from an in-house mirror, then the
+//! worker with the built-in engine) under the pod runner, and the model answers a chat
+//! completion. Its own test binary: the sandbox assembly registers a cluster-wide
+//! admission webhook.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
+use taimatsu_tests::pod_runner::ENDPOINT_ANNOTATION;
+use taimatsu_tests::sandbox::{Sandbox, SandboxConfig};
+use taimatsu_tests::wait::poll_until;
+use taimatsu_tests::{ControlPlane, with_namespace};
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
+
+#[tokio::test]
+async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
+    // `cargo test --workspace` builds every binary before running tests.
+    let operator_bin = Path::new(WORKER_BIN).with_file_name("taimatsu-operator");
+    assert!(
+        operator_bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        operator_bin.display()
+    );
+    let cp = ControlPlane::shared().await;
+    let client = cp.client().await.unwrap();
+    let sandbox = Sandbox::start(
+        cp,
+        &client,
+        SandboxConfig {
+            operator_bin,
+            worker_bin: WORKER_BIN.into(),
+            models_dir: common::models_dir(),
+            state_dir: cp.dir().join("sandbox"),
+        },
+    )
+    .await
+    .expect("sandbox");
+    eprintln!("operator log: {}", sandbox.operator_log.display());
+    with_namespace("quickstart", move |client, ns| async move {
+        let model = sandbox.quickstart_model(&client, &ns).await.unwrap();
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let params = PatchParams::apply("tests").force();
+        models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&model)).await.expect("model");
+        let text =
+            std::fs::read_to_string(taimatsu_tests::repo_root().join("examples/quickstart/deployment.yaml")).unwrap();
+        let md: Value = serde_yaml::from_str(&text).unwrap();
+        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+        mds.patch("smollm2-chat", &params, &Patch::Apply(&md)).await.expect("deployment");
+
+        // Fetching 98 MB, verifying it and loading the model take a while on 2 cores.
+        let ready = poll_until("the quickstart deployment to be Ready", Duration::from_secs(300), || {
+            let mds = mds.clone();
+            async move {
+                let md = mds.get("smollm2-chat").await?;
+                let status = md.status.clone().unwrap_or_default();
+                Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(md))
+            }
+        })
+        .await;
+        let md = match ready {
+            Ok(md) => md,
+            Err(e) => panic!("{e:#}; status: {:#?}", mds.get("smollm2-chat").await.ok().and_then(|m| m.status)),
+        };
+        let status = md.status.unwrap();
+        assert_eq!(status.serving_revision, Some(1));
+        let expected_digest = taimatsu_core::manifest_digest(&[taimatsu_core::ManifestEntry {
+            path: model["spec"]["files"][0]["path"].as_str().unwrap().into(),
+            size: model["spec"]["files"][0]["size"].as_u64().unwrap(),
+            sha256: model["spec"]["files"][0]["sha256"].as_str().unwrap().into(),
+        }]);
+        assert_eq!(status.serving_model_digest.as_deref(), Some(expected_digest.as_str()));
+
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let pod =
+            pods.list(&ListParams::default().labels("taimatsu.dev/model-deployment=smollm2-chat")).await.unwrap().items;
+        assert_eq!(pod.len(), 1);
+        let endpoint =
+            pod[0].metadata.annotations.as_ref().and_then(|a| a.get(ENDPOINT_ANNOTATION)).cloned().expect("endpoint");
+        let answer: Value = tokio::task::spawn_blocking(move || {
+            reqwest::blocking::Client::new()
+                .post(format!("{endpoint}/v1/chat/completions"))
+                .json(&json!({ "model": "smollm2-135m-instruct", "max_tokens": 16,
+                               "messages": [{ "role": "user", "content": "What is the capital of France?" }] }))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())
+        })
+        .await
+        .unwrap()
+        .expect("a chat completion");
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        assert!(!content.trim().is_empty(), "{answer}");
+        assert_eq!(answer["model"], "smollm2-135m-instruct");
+        assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{answer}");
+    })
+    .await;
+    let audit = std::fs::read(cp.dir().join("sandbox/audit/operator-0.jsonl")).unwrap();
+    let report = taimatsu_core::audit_chain::verify(&audit).expect("the control-plane audit verifies");
+    assert!(report.records >= 4, "admission records and the revision's rollout: {}", report.records);
+}

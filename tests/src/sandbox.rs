@@ -1,0 +1,166 @@
+//! Everything around a control plane that makes a deployed model answer: the operator
+//! (with its admission webhook and audit trail), an in-house model mirror serving the real
+//! model files, and the [`PodRunner`] that runs the worker pods the operator renders.
+//! Used by the sandbox (`hack/sandbox.sh`) and by the end-to-end test, so the README's
+//! demo and the test exercise the same assembly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use crate::control_plane::free_port;
+use crate::pod_runner::PodRunner;
+use crate::{ControlPlane, crds, rbac};
+
+/// The mirror's path for each model directory under the models dir (`hack/models.sh`).
+pub const MIRRORED: [(&str, &str); 2] = [("smollm2-135m-instruct", "smollm2"), ("all-minilm-l6-v2", "minilm")];
+
+/// What to run.
+pub struct SandboxConfig {
+    pub operator_bin: PathBuf,
+    pub worker_bin: PathBuf,
+    /// `hack/models.sh`'s output: `smollm2/` and `minilm/`.
+    pub models_dir: PathBuf,
+    /// State: audit logs, worker directories.
+    pub state_dir: PathBuf,
+}
+
+/// A running assembly; its processes and tasks stop when it is dropped or the process exits.
+pub struct Sandbox {
+    /// Base URL of the model mirror, e.g. `https://127.0.0.1:41000`.
+    pub mirror_url: String,
+    /// PEM of the CA that signs the mirror's certificate.
+    pub mirror_ca: String,
+    /// The operator's control-plane audit file.
+    pub audit_log: PathBuf,
+    pub operator_log: PathBuf,
+    operator: Child,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.operator.kill();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Sandbox {
+    /// Installs the CRDs and the operator's RBAC, moves CPU-only workloads off kwok's fake
+    /// CPU node onto the pod runner's, and starts the mirror, the operator and the runner.
+    pub async fn start(cp: &ControlPlane, client: &Client, config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        crds::ensure_installed(client).await?;
+        rbac::grant_operator_rbac(client, "default").await?;
+        // kwok would mark a worker pod on its CPU node Ready without running anything.
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .patch("cpu-0", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
+            .await?;
+
+        let (mirror_url, mirror_ca, mirror) = serve_mirror(config.models_dir.clone()).await?;
+        let webhook_port = free_port()?;
+        register_webhook(client, webhook_port).await?;
+        std::fs::create_dir_all(&config.state_dir)?;
+        let audit_log = config.state_dir.join("audit").join("operator-0.jsonl");
+        let mut operator = Command::new(&config.operator_bin);
+        operator
+            .env("KUBECONFIG", cp.kubeconfig("taimatsu-operator"))
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--log-format=text", "--lease-namespace=default", "--identity=operator-0", "--audit-stdout=false"])
+            .arg(format!("--http-addr=127.0.0.1:{}", free_port()?))
+            .arg(format!("--audit-log={}", audit_log.display()))
+            .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
+            .arg("--webhook-dns-names=127.0.0.1")
+            .arg(format!("--webhook-cert-dir={}", config.state_dir.join("no-webhook-certs").display()));
+        let (operator, operator_log) = cp.start_process("operator", operator)?;
+        // Fail-closed webhook: nothing Taimatsu can be applied until the operator serves it.
+        let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        crate::wait::poll_until("the operator's admission webhook", std::time::Duration::from_secs(60), || async {
+            let published = webhooks.get("taimatsu-operator").await?.webhooks.unwrap_or_default()[0]
+                .client_config
+                .ca_bundle
+                .is_some();
+            let listening = tokio::net::TcpStream::connect(("127.0.0.1", webhook_port)).await.is_ok();
+            Ok((published && listening).then_some(()))
+        })
+        .await?;
+
+        let runner = PodRunner::new(client.clone(), config.worker_bin.clone(), config.state_dir.join("pods"));
+        let runner = tokio::spawn(async move {
+            if let Err(e) = runner.run().await {
+                eprintln!("pod runner stopped: {e:#}");
+            }
+        });
+        Ok(Sandbox { mirror_url, mirror_ca, audit_log, operator_log, operator, tasks: vec![mirror, runner] })
+    }
+
+    /// examples/quickstart/model.yaml with its source pointed at this sandbox's mirror, and
+    /// the Secret with the mirror's CA it names, created in `namespace`.
+    pub async fn quickstart_model(&self, client: &Client, namespace: &str) -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(crate::repo_root().join("examples/quickstart/model.yaml"))?;
+        let mut model: Value = serde_yaml::from_str(&text)?;
+        model["spec"]["source"]["uri"] = json!(format!("{}/smollm2-135m-instruct/", self.mirror_url));
+        let ca = &model["spec"]["source"]["caBundleRef"];
+        let (name, key) = (ca["name"].as_str().unwrap_or_default(), ca["key"].as_str().unwrap_or_default());
+        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: self.mirror_ca } });
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+        secrets.patch(name, &PatchParams::apply(crate::apply::FIELD_MANAGER).force(), &Patch::Apply(secret)).await?;
+        Ok(model)
+    }
+}
+
+/// The webhook configuration the operator publishes its generated CA into; fail-closed.
+async fn register_webhook(client: &Client, port: u16) -> anyhow::Result<()> {
+    let configuration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": { "name": "taimatsu-operator" },
+        "webhooks": [{
+            "name": "audit.taimatsu.dev",
+            "clientConfig": { "url": format!("https://127.0.0.1:{port}/validate") },
+            "rules": [{ "apiGroups": ["taimatsu.dev"], "apiVersions": ["v1alpha1"],
+                        "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["modeldeployments", "models"] }],
+            "failurePolicy": "Fail", "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"], "timeoutSeconds": 10,
+        }],
+    });
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    api.patch(
+        "taimatsu-operator",
+        &PatchParams::apply(crate::apply::FIELD_MANAGER).force(),
+        &Patch::Apply(configuration),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An HTTPS file server for the model directories ([`MIRRORED`]) with a private CA, like an
+/// in-house mirror. Returns its base URL, its CA's PEM and the task.
+async fn serve_mirror(models_dir: PathBuf) -> anyhow::Result<(String, String, tokio::task::JoinHandle<()>)> {
+    let app = Router::new().route("/{model}/{file}", get(mirror_file)).with_state(models_dir);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("https://{}", listener.local_addr()?);
+    let (ca_pem, config) = crate::tls::loopback_server_config()?;
+    Ok((url, ca_pem, crate::tls::serve(listener, config, app)))
+}
+
+async fn mirror_file(
+    State(root): State<PathBuf>,
+    UrlPath((model, file)): UrlPath<(String, String)>,
+) -> Result<Vec<u8>, StatusCode> {
+    let dir =
+        MIRRORED.iter().find(|(name, _)| *name == model).map(|(_, dir)| root.join(dir)).ok_or(StatusCode::NOT_FOUND)?;
+    if file.contains("..") || file.contains('/') {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    tokio::fs::read(Path::new(&dir).join(file)).await.map_err(|_| StatusCode::NOT_FOUND)
+}
