@@ -1,44 +1,117 @@
 #!/usr/bin/env bash
-# The local sandbox: a real Kubernetes control plane (etcd, kube-apiserver,
-# controller-manager, scheduler) with fake GPU nodes (kwok), Taimatsu's CRDs and
-# the examples applied. Runs in the background until `hack/sandbox.sh down`.
-#   hack/sandbox.sh [up]   start it (idempotent) and show what is in it
-#   hack/sandbox.sh down   stop it
+# The local sandbox, the README's first command:
+#   hack/sandbox.sh [up]   build what is needed, start everything, run the demo
+#   hack/sandbox.sh demo   run the demo again against the running sandbox
 #   hack/sandbox.sh status
+#   hack/sandbox.sh down   stop it
+#
+# What runs: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
+# scheduler from Kubernetes' Go modules) with fake GPU nodes (kwok); Taimatsu's CRDs; the
+# operator (leader election, admission webhook, control-plane audit trail); an in-house
+# HTTPS model mirror holding SmolLM2 from its PyPI package; and the pod runner, which runs
+# the worker pods the operator renders as local processes (a development shortcut for a
+# kubelet: see the README). The demo then shows the deployed model answering, a rollout
+# to a changed revision, a manual rollback, the revision history and `audit verify`.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 STATE="$CACHE_DIR/sandbox"
 PIDFILE="$STATE/sandbox.pid"
+NS=taimatsu-demo
+MD=smollm2-chat
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
-kubectl_sandbox() { "$CLUSTER_BIN_DIR/kubectl" --kubeconfig "$(cat "$STATE/kubeconfig.path")" "$@"; }
+use_sandbox() {
+  export KUBECONFIG="$(cat "$STATE/kubeconfig.path")"
+  # kubectl from the same Kubernetes build; kubectl-taimatsu next to it, found as a plugin.
+  export PATH="$CLUSTER_BIN_DIR:$REPO_ROOT/target/debug:$PATH"
+}
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-show() {
+chat() {
+  local endpoint
+  endpoint=$(kubectl get pods -n "$NS" -l "taimatsu.dev/model-deployment=$MD" \
+    -o jsonpath='{.items[?(@.status.phase=="Running")].metadata.annotations.sandbox\.taimatsu\.dev/endpoint}' | awk '{print $1}')
+  [ -n "$endpoint" ] || { log "no running worker pod"; return 1; }
+  printf '\n\033[1m$ curl %s/v1/chat/completions\033[0m  (the worker pod the operator rendered)\n' "$endpoint"
+  curl -sS --fail-with-body "$endpoint/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model": "smollm2-135m-instruct", "max_tokens": 40, "messages": [{"role": "user", "content": "In one sentence, why do hospitals run their own AI models?"}]}' \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip()); print("usage:", r["usage"])'
+}
+
+# Waits until the operator has seen the latest spec and the revision it asks for serves.
+converge() {
+  local generation desired
+  generation=$(kubectl get -n "$NS" "modeldeployment/$MD" -o jsonpath='{.metadata.generation}')
+  kubectl wait -n "$NS" "modeldeployment/$MD" --for=jsonpath='{.status.observedGeneration}'="$generation" --timeout=60s
+  desired=$(kubectl get -n "$NS" "modeldeployment/$MD" -o jsonpath='{.status.desiredRevision}')
+  log "revision $desired is desired; waiting until it serves"
+  kubectl wait -n "$NS" "modeldeployment/$MD" --for=jsonpath='{.status.servingRevision}'="$desired" --timeout=600s
+}
+
+demo() {
+  use_sandbox
+  log "waiting for the quickstart deployment (fetch with sha256 verification, model load)"
+  step kubectl wait -n "$NS" "modeldeployment/$MD" --for=condition=Ready --timeout=600s
+  step kubectl get models,modeldeployments -n "$NS"
+  chat
+
+  log "a rollout: a changed engine setting is a new revision"
+  local before len
+  if [ -n "$(kubectl get -n "$NS" "modeldeployment/$MD" -o jsonpath='{.spec.rollback.toRevision}')" ]; then
+    # An earlier demo left a rollback pin: serve the spec again first.
+    step kubectl taimatsu resume "$MD" -n "$NS" --reason "sandbox demo: serve the spec again"
+    step converge
+  fi
+  before=$(kubectl get -n "$NS" "modeldeployment/$MD" -o jsonpath='{.status.servingRevision}')
+  len=$(kubectl get -n "$NS" "modeldeployment/$MD" -o jsonpath='{.spec.engine.maxModelLen}')
+  [ "$len" = 2048 ] && len=3072 || len=2048
+  step kubectl annotate -n "$NS" "modeldeployment/$MD" --overwrite "taimatsu.dev/change-cause=CHG-2: serve a $len-token context"
+  step kubectl patch -n "$NS" "modeldeployment/$MD" --type merge -p "{\"spec\":{\"engine\":{\"maxModelLen\":$len}}}"
+  step converge
+  chat
+
+  log "a manual rollback, declarative (spec.rollback.toRevision) and audited"
+  step kubectl taimatsu rollback "$MD" -n "$NS" --to-revision "$before" --reason "INC-7: the $len-token context truncates discharge letters"
+  step converge
+  chat
+  step kubectl taimatsu history "$MD" -n "$NS"
+  step kubectl taimatsu status "$MD" -n "$NS"
+
+  log "the control-plane audit trail"
+  local audit
+  audit=$(cat "$STATE/audit.path")
+  python3 - "$audit" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rec = r["record"]
+    who = rec.get("user") or rec.get("requestedBy") or ""
+    what = rec.get("kind", "") + " " + (rec.get("name") or rec.get("modelDeployment") or "")
+    print(f'{r["seq"]:>4} {rec["event"]:<26} {what:<28} rev={rec.get("revision", ""):<3} who={who:<16} {rec.get("changeCause") or rec.get("reason") or ""}')
+PY
+  step kubectl taimatsu audit verify --against-cluster -n default "$audit"
   echo
-  echo "== kubectl get acceleratorprofiles"
-  kubectl_sandbox get acceleratorprofiles
-  echo
-  echo "== kubectl get nodes (kwok fakes a GPU fleet)"
-  kubectl_sandbox get nodes -L nvidia.com/gpu.product
-  echo
-  echo "== kubectl get models,modeldeployments -n taimatsu-demo"
-  kubectl_sandbox get models,modeldeployments -n taimatsu-demo
-  echo
-  echo "Use it:  export KUBECONFIG=$(cat "$STATE/kubeconfig.path") PATH=$CLUSTER_BIN_DIR:\$PATH"
+  echo "Use it:  export KUBECONFIG=$KUBECONFIG PATH=$CLUSTER_BIN_DIR:$REPO_ROOT/target/debug:\$PATH"
   echo "Stop it: hack/sandbox.sh down"
 }
 
 up() {
-  if running; then log "sandbox already running (pid $(cat "$PIDFILE"))"; show; return; fi
+  if running; then log "sandbox already running (pid $(cat "$PIDFILE"))"; demo; return; fi
   require_toolchains
-  ensure_apt ca-certificates git
+  ensure_apt ca-certificates git cmake clang libclang-dev curl
   hack/build-cluster-bins.sh >/dev/null
-  log "building the sandbox launcher"
-  cargo build --locked -q -p taimatsu-tests --bin taimatsu-sandbox
-  mkdir -p "$STATE"; rm -f "$STATE/ready"
-  TAIMATSU_CLUSTER_BIN_DIR="$CLUSTER_BIN_DIR" setsid nohup target/debug/taimatsu-sandbox "$STATE" >"$STATE/sandbox.log" 2>&1 &
+  local models
+  models="$(hack/models.sh)"
+  log "building the operator, the worker, kubectl-taimatsu and the sandbox launcher"
+  cargo build --locked -q -p taimatsu-operator -p taimatsu-inference-worker -p taimatsu-tests --bins
+  # A new control plane starts a new audit chain: nothing of an earlier sandbox is kept.
+  rm -rf "$STATE"; mkdir -p "$STATE"
+  TAIMATSU_CLUSTER_BIN_DIR="$CLUSTER_BIN_DIR" TAIMATSU_MODELS_DIR="$models" \
+    TAIMATSU_OPERATOR_BIN="$REPO_ROOT/target/debug/taimatsu-operator" \
+    TAIMATSU_WORKER_BIN="$REPO_ROOT/target/debug/inference-worker" \
+    setsid nohup target/debug/taimatsu-sandbox "$STATE" >"$STATE/sandbox.log" 2>&1 &
   echo $! >"$PIDFILE"
-  log "starting the control plane (log: $STATE/sandbox.log)"
+  log "starting the control plane and the operator (log: $STATE/sandbox.log)"
   for _ in $(seq 1 600); do
     [ -f "$STATE/ready" ] && break
     running || { tail -30 "$STATE/sandbox.log" >&2; log "sandbox failed to start"; exit 1; }
@@ -46,7 +119,7 @@ up() {
   done
   [ -f "$STATE/ready" ] || { log "sandbox not ready after 5 minutes; see $STATE/sandbox.log"; exit 1; }
   log "sandbox ready: $(cat "$STATE/ready")"
-  show
+  demo
 }
 
 down() {
@@ -57,6 +130,7 @@ down() {
 case "${1:-up}" in
   up) up ;;
   down) down ;;
-  status) if running; then log "running (pid $(cat "$PIDFILE"))"; show; else log "not running"; exit 1; fi ;;
-  *) echo "usage: $0 [up|down|status]" >&2; exit 2 ;;
+  demo) running || { log "not running: hack/sandbox.sh up"; exit 1; }; demo ;;
+  status) if running; then log "running (pid $(cat "$PIDFILE"))"; use_sandbox; kubectl get nodes,models,modeldeployments -A; else log "not running"; exit 1; fi ;;
+  *) echo "usage: $0 [up|demo|status|down]" >&2; exit 2 ;;
 esac

@@ -49,6 +49,10 @@ pub enum AuditError {
     MalformedHead(String, String),
     #[error("the audit head kept changing under this replica (another leader?)")]
     Contended,
+    #[error(
+        "audit file {path} ends at record {file_seq} but the chain's head in the API server is at record {head_seq}: the head was reset (an etcd restore, or a new cluster); appending would fork the chain. Keep the file as evidence, move it aside, and restart the operator to start a new chain"
+    )]
+    Diverged { path: String, file_seq: u64, head_seq: u64 },
 }
 
 pub struct ControlPlaneAudit {
@@ -89,6 +93,19 @@ impl ControlPlaneAudit {
         let mut file = self.file.lock().await;
         for _ in 0..5 {
             let head = self.read_head(&api).await?;
+            // Every record reaches the head before any file, so a file ahead of the head (or
+            // level with it on another record) belongs to a chain the head no longer knows.
+            if let Some((_, file_state)) = file.as_ref()
+                && file_state.last_seq > 0
+                && (file_state.last_seq > head.state.last_seq
+                    || (file_state.last_seq == head.state.last_seq && file_state.last_hash != head.state.last_hash))
+            {
+                return Err(AuditError::Diverged {
+                    path: self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    file_seq: file_state.last_seq,
+                    head_seq: head.state.last_seq,
+                });
+            }
             let mut state = head.state.clone();
             let line = state.seal(&record).map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
             let map = self.head_map(&line, head.resource_version.clone());
