@@ -408,3 +408,43 @@ async fn manual_rollback_is_declarative_audited_and_the_plugin_shows_it() {
     })
     .await;
 }
+
+/// The audit chain's crash and reset handling, on the real API server (no operator process:
+/// the module under test is the one every operator replica uses).
+#[tokio::test]
+async fn the_audit_chain_repairs_a_crash_gap_and_refuses_a_reset_head() {
+    use taimatsu_operator::audit::{AuditConfig, AuditError, ControlPlaneAudit};
+    let (cp, client, _) = setup().await;
+    let dir = cp.dir().join("audit-module");
+    let config = |file: &str, head: &str| AuditConfig {
+        file: Some(dir.join(file)),
+        stdout: false,
+        head_namespace: "default".into(),
+        head_name: head.into(),
+        identity: "test".into(),
+    };
+
+    // A replica crashed after the head took record 2 but before its file did: the next
+    // append writes record 2 from the head's copy first.
+    let audit = ControlPlaneAudit::open(client.clone(), config("a.jsonl", "crash-head")).unwrap();
+    audit.append(json!({ "event": "one" })).await.unwrap();
+    let kept = std::fs::read(dir.join("a.jsonl")).unwrap();
+    audit.append(json!({ "event": "two" })).await.unwrap();
+    drop(audit);
+    std::fs::write(dir.join("a.jsonl"), &kept).unwrap();
+    let audit = ControlPlaneAudit::open(client.clone(), config("a.jsonl", "crash-head")).unwrap();
+    assert_eq!(audit.append(json!({ "event": "three" })).await.unwrap(), 3);
+    let log = std::fs::read(dir.join("a.jsonl")).unwrap();
+    assert_eq!(audit_chain::verify(&log).unwrap().records, 3, "{}", String::from_utf8_lossy(&log));
+
+    // The same file against a head that knows nothing of it (a new cluster, an etcd
+    // restore): appending would fork the chain, so it is refused.
+    let reset = ControlPlaneAudit::open(client.clone(), config("a.jsonl", "fresh-head")).unwrap();
+    let err = reset.append(json!({ "event": "four" })).await.unwrap_err();
+    assert!(matches!(err, AuditError::Diverged { file_seq: 3, head_seq: 0, .. }), "{err}");
+    assert_eq!(
+        audit_chain::verify(&std::fs::read(dir.join("a.jsonl")).unwrap()).unwrap().records,
+        3,
+        "nothing written"
+    );
+}
