@@ -21,6 +21,24 @@ use taimatsu_tests::{ControlPlane, with_namespace};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
 
+/// Waits until the deployment's status satisfies `check`.
+async fn wait_for(
+    mds: &Api<ModelDeployment>,
+    what: &str,
+    check: impl Fn(&taimatsu_crds::v1alpha1::ModelDeploymentStatus) -> bool,
+) -> taimatsu_crds::v1alpha1::ModelDeploymentStatus {
+    let check = &check;
+    let found = poll_until(what, Duration::from_secs(240), || async move {
+        let status = mds.get("smollm2-chat").await?.status.unwrap_or_default();
+        Ok(check(&status).then_some(status))
+    })
+    .await;
+    match found {
+        Ok(status) => status,
+        Err(e) => panic!("{e:#}; status: {:#?}", mds.get("smollm2-chat").await.ok().and_then(|m| m.status)),
+    }
+}
+
 #[tokio::test]
 async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
     // `cargo test --workspace` builds every binary before running tests.
@@ -101,9 +119,36 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         assert!(!content.trim().is_empty(), "{answer}");
         assert_eq!(answer["model"], "smollm2-135m-instruct");
         assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{answer}");
+
+        // Rollout analysis against the new revision's real pod: the smoke prompt is answered,
+        // but a generation cannot finish within 1 ms, so the p95 threshold fails the
+        // revision and serving returns to revision 1.
+        let analysis = |max_p95: i64| json!({ "windowSeconds": 10, "smokePrompts": ["Say hello."], "maxErrorRatePercent": 0, "maxP95LatencyMs": max_p95 });
+        let change = |len: i64, max_p95: i64| json!({ "spec": { "engine": { "maxModelLen": len }, "rollout": { "analysis": analysis(max_p95) } } });
+        mds.patch("smollm2-chat", &PatchParams::default(), &Patch::Merge(change(2048, 1))).await.unwrap();
+        let md = wait_for(&mds, "revision 2 to fail its analysis", |s| s.failed_revision == Some(2)).await;
+        let rolled_back = md.conditions.iter().find(|c| c.type_ == "RolledBack").unwrap();
+        assert_eq!((rolled_back.status.as_str(), rolled_back.reason.as_str()), ("True", "AnalysisFailed"), "{rolled_back:?}");
+        assert!(rolled_back.message.contains("maxP95LatencyMs 1"), "{}", rolled_back.message);
+        wait_for(&mds, "revision 1 serving again", |s| s.serving_revision == Some(1) && s.ready_replicas == Some(1)).await;
+
+        // A generous threshold passes after the window: revision 3 serves.
+        mds.patch("smollm2-chat", &PatchParams::default(), &Patch::Merge(change(3072, 600_000))).await.unwrap();
+        let md = wait_for(&mds, "revision 3 to pass its analysis", |s| s.serving_revision == Some(3)).await;
+        assert_eq!(md.desired_revision, Some(3));
     })
     .await;
     let audit = std::fs::read(cp.dir().join("sandbox/audit/operator-0.jsonl")).unwrap();
-    let report = taimatsu_core::audit_chain::verify(&audit).expect("the control-plane audit verifies");
-    assert!(report.records >= 4, "admission records and the revision's rollout: {}", report.records);
+    taimatsu_core::audit_chain::verify(&audit).expect("the control-plane audit verifies");
+    let events: Vec<Value> = audit
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<Value>(l).unwrap()["record"].clone())
+        .filter(|r| r["event"] != "admission")
+        .collect();
+    let failed = events.iter().find(|r| r["event"] == "rollout-failed").expect("rollout-failed");
+    assert_eq!((failed["revision"].as_i64(), failed["reason"].as_str()), (Some(2), Some("AnalysisFailed")));
+    let passed = events.iter().rfind(|r| r["event"] == "rollout-succeeded").unwrap();
+    assert_eq!(passed["revision"], 3);
+    assert!(passed["analysis"].as_str().unwrap().contains("error rate 0.0%"), "{passed}");
 }

@@ -3,6 +3,7 @@
 //! so that the operator binary and the `kubectl-taimatsu` plugin share the revision and
 //! status code.
 
+pub mod analysis;
 pub mod audit;
 pub mod build;
 pub mod controller;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, CHANGE_CAUSE_ANNOTATION, Model, ModelDeployment};
 use tracing::info;
 
+use crate::analysis::{self, Verdict};
 use crate::build::{self, Inputs, labels};
 use crate::controller::{self, Context, FIELD_MANAGER};
 use crate::error::Error;
@@ -119,6 +120,7 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
 
     // Judge the rollout.
     let mut desired = desired;
+    let mut analysing = None;
     if desired.outcome == Outcome::Progressing {
         let elapsed = elapsed_seconds(desired.rollout_started.as_deref());
         if let Some(failure) = plan::failure(&desired_pods, elapsed, md.spec.rollout.progress_deadline_seconds) {
@@ -127,8 +129,17 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         }
         let stable_drained = stable_observed.as_ref().is_none_or(|s| pods(s.as_ref()) == Pods::default());
         if state.available && stable_drained {
-            succeed(md, ctx, &ns, &desired, &records).await?;
-            desired.outcome = Outcome::Active;
+            match analysis::analyse(md, ctx, &ns, &desired, &desired_pods).await? {
+                Verdict::Passed(seen) => {
+                    succeed(md, ctx, &ns, &desired, &records, &seen).await?;
+                    desired.outcome = Outcome::Active;
+                }
+                Verdict::Failed(why) => {
+                    fail(md, ctx, &ns, &desired, stable.as_ref(), &(Reason::AnalysisFailed, why)).await?;
+                    return Ok(Action::requeue(Duration::from_millis(200)));
+                }
+                Verdict::Waiting(remaining) => analysing = Some(remaining),
+            }
         }
     }
     let complete = desired.outcome == Outcome::Active && state.available;
@@ -144,10 +155,15 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
         failed: None,
         serving: stable.as_ref().map(|s| (s.number, stable_available)),
         rolled_back: false,
+        analysing,
     };
     let extra = status_fields(md, &desired, serving, None, &state);
     controller::write_status(md, ctx, &status::serving(&progress), extra).await?;
-    let requeue = if complete { Duration::from_secs(600) } else { Duration::from_secs(15) };
+    let requeue = match (complete, analysing) {
+        (true, _) => Duration::from_secs(600),
+        (false, Some(remaining)) => remaining.max(Duration::from_secs(1)),
+        (false, None) => Duration::from_secs(15),
+    };
     Ok(Action::requeue(requeue))
 }
 
@@ -208,7 +224,6 @@ async fn restart(
     audit(ctx, md, kind, fields).await?;
     let now = Timestamp::now().to_string();
     store::set_outcome(&ctx.client, ns, &record, Outcome::Progressing, None, Some(&now), None).await?;
-    warn_unevaluated_analysis(md, ctx).await;
     let what = if pinned { "rolling back to" } else { "rolling out" };
     event(
         ctx,
@@ -290,6 +305,7 @@ async fn hold(
         failed: Some(&failure),
         serving: stable.map(|s| (s.number, serving_available)),
         rolled_back,
+        analysing: None,
     };
     let serving = stable.filter(|_| rolled_back);
     let extra = status_fields(md, desired, serving, Some(desired.number), &state);
@@ -304,6 +320,7 @@ async fn succeed(
     ns: &str,
     desired: &RevisionRecord,
     records: &[RevisionRecord],
+    analysis: &str,
 ) -> Result<(), Error> {
     let replaced: Vec<&RevisionRecord> = records
         .iter()
@@ -311,6 +328,9 @@ async fn succeed(
         .collect();
     let mut fields = revision_fields(&desired.snapshot, desired.number);
     fields["replaced"] = json!(replaced.iter().map(|r| r.number).collect::<Vec<_>>());
+    if !analysis.is_empty() {
+        fields["analysis"] = json!(analysis);
+    }
     audit(ctx, md, "rollout-succeeded", fields).await?;
     store::set_outcome(&ctx.client, ns, desired, Outcome::Active, None, None, None).await?;
     for r in replaced {
@@ -493,15 +513,6 @@ async fn audit(ctx: &Context, md: &ModelDeployment, event: &str, mut fields: Val
 
 async fn event(ctx: &Context, md: &ModelDeployment, type_: EventType, reason: Reason, note: String) {
     controller::publish_event(ctx, type_, reason, &note, &md.object_ref(&())).await;
-}
-
-/// `spec.rollout.analysis` is accepted by the API but not evaluated yet: say so where the
-/// user looks, at each rollout, rather than let them believe it gated the rollout.
-async fn warn_unevaluated_analysis(md: &ModelDeployment, ctx: &Context) {
-    if md.spec.rollout.analysis.is_some() {
-        let note = "spec.rollout.analysis is not evaluated yet: this rollout succeeds on pod availability alone";
-        event(ctx, md, EventType::Warning, Reason::RolloutStarted, note.to_owned()).await;
-    }
 }
 
 fn elapsed_seconds(started: Option<&str>) -> i64 {

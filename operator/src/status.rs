@@ -22,6 +22,7 @@ pub enum Reason {
     DigestMismatch,
     CrashLoop,
     ProgressDeadlineExceeded,
+    AnalysisFailed,
     RevisionNotFound,
     InvalidSpec,
     // Reasons of Events only.
@@ -50,6 +51,7 @@ impl Reason {
             Reason::DigestMismatch => "DigestMismatch",
             Reason::CrashLoop => "CrashLoop",
             Reason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            Reason::AnalysisFailed => "AnalysisFailed",
             Reason::RevisionNotFound => "RevisionNotFound",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::RevisionCreated => "RevisionCreated",
@@ -65,10 +67,16 @@ impl Reason {
     /// The failure reason a revision record stores as `<Reason>: <message>`.
     pub fn parse_failure(text: &str) -> (Reason, String) {
         let (head, message) = text.split_once(": ").unwrap_or((text, ""));
-        let reason = [Reason::DigestMismatch, Reason::FetchFailed, Reason::CrashLoop, Reason::ProgressDeadlineExceeded]
-            .into_iter()
-            .find(|r| r.as_str() == head)
-            .unwrap_or(Reason::FetchFailed);
+        let reason = [
+            Reason::DigestMismatch,
+            Reason::FetchFailed,
+            Reason::CrashLoop,
+            Reason::ProgressDeadlineExceeded,
+            Reason::AnalysisFailed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == head)
+        .unwrap_or(Reason::FetchFailed);
         (reason, message.to_owned())
     }
 }
@@ -163,6 +171,8 @@ pub struct Progress<'a> {
     pub serving: Option<(i64, bool)>,
     /// Serving was returned to the stable revision after the desired one failed.
     pub rolled_back: bool,
+    /// The analysis window is open for this much longer.
+    pub analysing: Option<std::time::Duration>,
 }
 
 /// Conditions of a deployment whose revisions are being served.
@@ -194,6 +204,12 @@ pub fn serving(p: &Progress<'_>) -> Vec<Observed> {
         cond("Progressing", false, Reason::RolloutComplete, format!("revision {d} is serving"))
     } else if let Some((reason, message)) = p.failed {
         cond("Progressing", false, *reason, format!("revision {d} failed: {message}"))
+    } else if let Some(left) = p.analysing {
+        let message = format!(
+            "analysing revision {d}: smoke prompts answered; judging its metrics for {} s more",
+            left.as_secs()
+        );
+        cond("Progressing", true, Reason::RolloutInProgress, message)
     } else {
         cond("Progressing", true, Reason::RolloutInProgress, format!("rolling out revision {d}: {ready}"))
     });

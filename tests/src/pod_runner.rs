@@ -5,11 +5,13 @@
 //! condition fresh, and for every pod the scheduler binds to it runs what the pod spec
 //! says — the `fetch` init container, then the `worker` container — with the same
 //! arguments and environment, volumes mapped to directories (emptyDir → a directory,
-//! ConfigMap and Secret → their keys written as files) and listen addresses moved to free
-//! loopback ports. It reports status like a kubelet: init container exit code and
-//! termination message, readiness from the worker's `/readyz`, restarts; it deletes pods
-//! whose deletion was requested once their processes stopped. The worker's address is
-//! published in the pod annotation [`ENDPOINT_ANNOTATION`], since pods here have no IP.
+//! ConfigMap and Secret → their keys written as files), and the listen addresses bound to a
+//! loopback address of the pod's own (127.0.x.y: all of 127.0.0.0/8 is loopback on Linux),
+//! which is reported as the pod IP, so the pod's ports are what the pod spec declares. It
+//! reports status like a kubelet: init container exit code and termination message,
+//! readiness from the worker's `/readyz`, restarts; it deletes pods whose deletion was
+//! requested once their processes stopped. The worker's API address is also in the pod
+//! annotation [`ENDPOINT_ANNOTATION`].
 //!
 //! This is a shortcut, not a kubelet: no images, no isolation, no probes other than
 //! readiness, no resource limits. The README says so.
@@ -40,6 +42,8 @@ pub struct PodRunner {
     worker_bin: PathBuf,
     dir: PathBuf,
     pods: HashMap<String, RunningPod>,
+    /// Pods started so far, for their loopback addresses.
+    started: u32,
 }
 
 enum Stage {
@@ -52,7 +56,6 @@ enum Stage {
     },
     Serving {
         child: Child,
-        api: u16,
         ready: bool,
     },
 }
@@ -60,6 +63,8 @@ enum Stage {
 struct RunningPod {
     namespace: String,
     name: String,
+    /// The pod's own loopback address, its "pod IP".
+    ip: String,
     pod: Pod,
     dir: PathBuf,
     stage: Stage,
@@ -71,7 +76,7 @@ struct RunningPod {
 
 impl PodRunner {
     pub fn new(client: Client, worker_bin: PathBuf, dir: PathBuf) -> Self {
-        PodRunner { client, worker_bin, dir, pods: HashMap::new() }
+        PodRunner { client, worker_bin, dir, pods: HashMap::new(), started: 0 }
     }
 
     /// Registers the node, then runs its pods until the task is dropped.
@@ -153,9 +158,12 @@ impl PodRunner {
             return;
         }
         let dir = self.dir.join(&uid);
+        self.started += 1;
+        let n = self.started + 1;
         let mut running = RunningPod {
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name_any(),
+            ip: format!("127.0.{}.{}", 1 + n / 250, 1 + n % 250),
             pod,
             dir,
             stage: Stage::FetchFailed { exit_code: 0, message: String::new(), retry_at: Instant::now() },
@@ -239,16 +247,16 @@ async fn advance(p: &mut RunningPod, worker_bin: &Path) {
     match &mut p.stage {
         Stage::FetchFailed { retry_at, .. } if Instant::now() >= *retry_at => {
             p.fetch_restarts += 1;
-            match start(p, &fetch, worker_bin, None) {
-                Ok((child, _)) => p.stage = Stage::Fetching(child),
+            match start(p, &fetch, worker_bin) {
+                Ok(child) => p.stage = Stage::Fetching(child),
                 Err(e) => p.stage = failed(1, format!("cannot start fetch: {e}")),
             }
         }
         Stage::Fetching(child) => {
             if let Ok(Some(exit)) = child.try_wait() {
                 if exit.success() {
-                    match start(p, &worker, worker_bin, Some(())) {
-                        Ok((child, api)) => p.stage = Stage::Serving { child, api, ready: false },
+                    match start(p, &worker, worker_bin) {
+                        Ok(child) => p.stage = Stage::Serving { child, ready: false },
                         Err(e) => p.stage = failed(1, format!("cannot start worker: {e}")),
                     }
                 } else {
@@ -257,15 +265,15 @@ async fn advance(p: &mut RunningPod, worker_bin: &Path) {
                 }
             }
         }
-        Stage::Serving { child, api, ready } => {
+        Stage::Serving { child, ready } => {
             if !matches!(child.try_wait(), Ok(Some(_))) {
-                *ready = readyz(*api).await;
+                *ready = readyz(&p.ip).await;
                 return;
             }
             // The worker exited: restart it, as restartPolicy Always does.
             p.worker_restarts += 1;
-            p.stage = match start(p, &worker, worker_bin, Some(())) {
-                Ok((child, api)) => Stage::Serving { child, api, ready: false },
+            p.stage = match start(p, &worker, worker_bin) {
+                Ok(child) => Stage::Serving { child, ready: false },
                 Err(e) => failed(1, format!("cannot restart worker: {e}")),
             };
         }
@@ -278,7 +286,7 @@ fn summary(p: &RunningPod) -> String {
     let stage = match &p.stage {
         Stage::Fetching(_) => "fetching".to_owned(),
         Stage::FetchFailed { exit_code, message, .. } => format!("failed {exit_code} {message}"),
-        Stage::Serving { api, ready, .. } => format!("serving {api} {ready}"),
+        Stage::Serving { ready, .. } => format!("serving {ready}"),
     };
     format!("{stage} {} {}", p.fetch_restarts, p.worker_restarts)
 }
@@ -287,13 +295,8 @@ fn failed(exit_code: i32, message: String) -> Stage {
     Stage::FetchFailed { exit_code, message, retry_at: Instant::now() + Duration::from_secs(10) }
 }
 
-/// Starts one container as a process; for the worker (`serving`), on free loopback ports.
-fn start(
-    p: &RunningPod,
-    container: &Container,
-    worker_bin: &Path,
-    serving: Option<()>,
-) -> std::io::Result<(Child, u16)> {
+/// Starts one container as a process, its listen addresses on the pod's loopback address.
+fn start(p: &RunningPod, container: &Container, worker_bin: &Path) -> std::io::Result<Child> {
     let mounts: Vec<(String, PathBuf)> = container
         .volume_mounts
         .iter()
@@ -308,13 +311,12 @@ fn start(
         }
         value.to_owned()
     };
-    let api = free_port()?;
     let mut args: Vec<String> = Vec::new();
     for arg in container.args.iter().flatten() {
         let mapped = match arg.split_once('=') {
-            Some((flag, _)) if serving.is_some() && flag == "--listen" => format!("--listen=127.0.0.1:{api}"),
-            Some((flag, _)) if serving.is_some() && flag == "--metrics-listen" => {
-                format!("--metrics-listen=127.0.0.1:{}", free_port()?)
+            Some((flag @ ("--listen" | "--metrics-listen"), value)) => {
+                let port = value.rsplit_once(':').map_or(value, |(_, port)| port);
+                format!("{flag}={}:{port}", p.ip)
             }
             Some((flag, value)) if flag.starts_with("--") => format!("{flag}={}", map_path(value)),
             _ => arg.clone(),
@@ -338,12 +340,15 @@ fn start(
         };
         cmd.env(&env.name, value);
     }
-    Ok((crate::process::spawn_supervised(cmd, &p.dir.join(format!("{name}.log")))?, api))
+    crate::process::spawn_supervised(cmd, &p.dir.join(format!("{name}.log")))
 }
 
-async fn readyz(port: u16) -> bool {
+/// The worker's API port, as the operator renders it.
+const API_PORT: u16 = 8000;
+
+async fn readyz(ip: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    let Ok(mut stream) = tokio::net::TcpStream::connect((ip, API_PORT)).await else { return false };
     if stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n").await.is_err() {
         return false;
     }
@@ -368,11 +373,11 @@ async fn report(client: &Client, p: &RunningPod) -> kube::Result<()> {
             false,
             None,
         ),
-        Stage::Serving { api, ready, .. } => (
+        Stage::Serving { ready, .. } => (
             json!({ "terminated": { "exitCode": 0, "reason": "Completed" } }),
             json!({ "running": { "startedAt": now } }),
             *ready,
-            Some(format!("http://127.0.0.1:{api}")),
+            Some(format!("http://{}:{API_PORT}", p.ip)),
         ),
     };
     let serving = matches!(p.stage, Stage::Serving { .. });
@@ -384,6 +389,8 @@ async fn report(client: &Client, p: &RunningPod) -> kube::Result<()> {
     let status = json!({ "status": {
         "phase": if serving { "Running" } else { "Pending" },
         "hostIP": "127.0.0.1",
+        "podIP": p.ip,
+        "podIPs": [{ "ip": p.ip }],
         "conditions": [cond("PodScheduled", true), cond("Initialized", serving), cond("ContainersReady", ready), cond("Ready", ready)],
         "initContainerStatuses": [{ "name": "fetch", "image": image(0, true), "imageID": "", "ready": serving,
                                      "restartCount": p.fetch_restarts.max(0), "state": init_state }],
@@ -395,8 +402,4 @@ async fn report(client: &Client, p: &RunningPod) -> kube::Result<()> {
     let annotation = json!({ "metadata": { "annotations": { ENDPOINT_ANNOTATION: endpoint } } });
     pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(annotation)).await?;
     Ok(())
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }

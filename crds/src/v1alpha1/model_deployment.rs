@@ -40,6 +40,7 @@ use super::common::{ObjectRef, SecretKeyRef};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = quantization_matches_engine())]
 #[x_kube(validation = Rule::new("self.engine.type != 'builtin' || self.kvCacheDtype == 'auto'").message("spec.kvCacheDtype: the builtin engine keeps its KV cache in f16; remove kvCacheDtype or set engine.type: vllm").field_path(".kvCacheDtype"))]
+#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.rollout.analysis) || !has(self.rollout.analysis.smokePrompts) || size(self.rollout.analysis.smokePrompts) == 0 || !has(self.access) || !has(self.access.apiKeySecretRef)").message("spec.rollout.analysis.smokePrompts cannot be sent when spec.access.apiKeySecretRef requires API keys (the operator holds none): remove the smoke prompts (metric thresholds still apply) or the key requirement").field_path(".rollout.analysis.smokePrompts"))]
 #[x_kube(validation = Rule::new("self.engine.type != 'vllm' || (has(self.placement) && has(self.placement.acceleratorProfileRef))").message("spec.placement.acceleratorProfileRef is required for engine vllm: name the AcceleratorProfile (kubectl get acceleratorprofiles) whose GPUs serve this model").field_path(".placement"))]
 #[x_kube(validation = Rule::new("self.engine.type != 'builtin' || !has(self.placement) || (!has(self.placement.acceleratorProfileRef) && !has(self.placement.gpusPerReplica) && self.placement.tensorParallel == 1 && self.placement.pipelineParallel == 1)").message("spec.placement: the builtin engine runs on CPU; remove acceleratorProfileRef, gpusPerReplica, tensorParallel and pipelineParallel, or set engine.type: vllm").field_path(".placement"))]
 pub struct ModelDeploymentSpec {
@@ -230,9 +231,9 @@ pub struct RolloutSpec {
     #[schemars(range(min = 30, max = 86_400))]
     pub progress_deadline_seconds: i32,
 
-    /// Checks on the new revision's metrics and answers. Accepted but NOT evaluated yet:
-    /// today a rollout succeeds when every pod of the new revision is available (see
-    /// docs/rollout-and-audit.md); the operator says so in an Event when this is set.
+    /// Checks a new revision must pass, once all its pods are available, before its
+    /// rollout counts as successful: smoke prompts, then its error rate and p95 latency
+    /// over a window. A failed analysis rolls back like any failed rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
 }

@@ -32,6 +32,9 @@ pub const ROLLOUT_STARTED_ANNOTATION: &str = "taimatsu.dev/rollout-started";
 /// Annotation with the ModelDeployment generation at which the revision failed: a pinned
 /// failed revision is retried only by a later generation.
 pub const FAILED_GENERATION_ANNOTATION: &str = "taimatsu.dev/failed-generation";
+/// Annotation with the state of the rollout analysis in progress (start time and the
+/// metrics baseline), cleared by every outcome change.
+pub const ANALYSIS_ANNOTATION: &str = "taimatsu.dev/analysis";
 
 /// Where a revision stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +164,8 @@ pub struct RevisionRecord {
     pub outcome_reason: Option<String>,
     pub rollout_started: Option<String>,
     pub failed_generation: Option<i64>,
+    /// The analysis in progress, as stored in [`ANALYSIS_ANNOTATION`].
+    pub analysis: Option<String>,
     pub created: Option<String>,
     pub snapshot: Snapshot,
 }
@@ -193,6 +198,7 @@ impl RevisionRecord {
             outcome_reason: annotations.get(OUTCOME_REASON_ANNOTATION).cloned(),
             rollout_started: annotations.get(ROLLOUT_STARTED_ANNOTATION).cloned(),
             failed_generation: annotations.get(FAILED_GENERATION_ANNOTATION).and_then(|g| g.parse().ok()),
+            analysis: annotations.get(ANALYSIS_ANNOTATION).cloned(),
             created: cr.creation_timestamp().map(|t| t.0.to_string()),
             snapshot,
         })

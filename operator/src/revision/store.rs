@@ -60,6 +60,8 @@ pub async fn set_outcome(
     let mut annotations = json!({
         record::OUTCOME_ANNOTATION: outcome.as_str(),
         record::OUTCOME_REASON_ANNOTATION: reason,
+        // An analysis belongs to one rollout attempt.
+        record::ANALYSIS_ANNOTATION: null,
     });
     if let Some(started) = rollout_started {
         annotations[record::ROLLOUT_STARTED_ANNOTATION] = json!(started);
@@ -68,6 +70,14 @@ pub async fn set_outcome(
         annotations[record::FAILED_GENERATION_ANNOTATION] = json!(generation.to_string());
     }
     let patch = json!({ "metadata": { "annotations": annotations } });
+    api.patch(&record.name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
+}
+
+/// Stores the state of the analysis in progress on the record.
+pub async fn set_analysis(client: &Client, ns: &str, record: &RevisionRecord, state: &str) -> Result<(), kube::Error> {
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let patch = json!({ "metadata": { "annotations": { record::ANALYSIS_ANNOTATION: state } } });
     api.patch(&record.name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     Ok(())
 }

@@ -21,7 +21,9 @@ use taimatsu_tests::{ControlPlane, apply, repo_root};
 const DEMO_NAMESPACE: &str = "taimatsu-demo";
 
 fn env_path(name: &str) -> anyhow::Result<PathBuf> {
-    std::env::var_os(name).map(PathBuf::from).ok_or_else(|| anyhow::anyhow!("{name} is not set (hack/sandbox.sh sets it)"))
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("{name} is not set (hack/sandbox.sh sets it)"))
 }
 
 #[tokio::main]

@@ -1,0 +1,118 @@
+//! Rollout analysis against the new revision's pods: `spec.rollout.analysis`.
+//!
+//! Once every pod of the revision is available, the operator reads the workers' metrics
+//! (the baseline), sends each smoke prompt to each pod (every answer must be non-empty),
+//! and after `windowSeconds` reads the metrics again: the window's 5xx share and p95
+//! latency — smoke prompts and real traffic alike — must stay within the thresholds. The
+//! state between reconciles lives in an annotation of the revision record, so an operator
+//! restart or a leader change continues the same analysis.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use taimatsu_crds::v1alpha1::{AnalysisSpec, ModelDeployment};
+
+use crate::build::labels::{API_PORT, METRICS_PORT};
+use crate::controller::Context;
+use crate::error::Error;
+use crate::revision::RevisionRecord;
+use crate::revision::analysis::{Sample, judge};
+use crate::revision::store;
+
+/// Where an analysis stands.
+pub enum Verdict {
+    /// Every check passed (what was seen, for the Event).
+    Passed(String),
+    /// A check failed: why.
+    Failed(String),
+    /// The window is still open: look again after this long.
+    Waiting(Duration),
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    started: String,
+    baseline: Sample,
+}
+
+/// Runs or continues the analysis of `record`, whose `pods` are all available.
+pub async fn analyse(
+    md: &ModelDeployment,
+    ctx: &Context,
+    ns: &str,
+    record: &RevisionRecord,
+    pods: &[Pod],
+) -> Result<Verdict, Error> {
+    let Some(spec) = &md.spec.rollout.analysis else { return Ok(Verdict::Passed(String::new())) };
+    let ips: Vec<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+    if ips.is_empty() {
+        return Ok(Verdict::Waiting(Duration::from_secs(2)));
+    }
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().map_err(probe_error)?;
+    let window = Duration::from_secs(u64::try_from(spec.window_seconds).unwrap_or(60));
+    let state = record.analysis.as_deref().and_then(|s| serde_json::from_str::<State>(s).ok());
+    let Some(state) = state else {
+        let baseline = match scrape(&http, &ips).await {
+            Ok(s) => s,
+            Err(why) => return Ok(Verdict::Failed(why)),
+        };
+        if let Err(why) = smoke(&http, &ips, &record.snapshot.model_name, spec).await {
+            return Ok(Verdict::Failed(why));
+        }
+        let state = State { started: Timestamp::now().to_string(), baseline };
+        store::set_analysis(&ctx.client, ns, record, &serde_json::to_string(&state).unwrap_or_default()).await?;
+        return Ok(Verdict::Waiting(window));
+    };
+    let started: Timestamp = state.started.parse().unwrap_or_else(|_| Timestamp::now());
+    let elapsed = Duration::try_from(Timestamp::now().duration_since(started)).unwrap_or_default();
+    if elapsed < window {
+        return Ok(Verdict::Waiting(window - elapsed));
+    }
+    let now = match scrape(&http, &ips).await {
+        Ok(s) => s,
+        Err(why) => return Ok(Verdict::Failed(why)),
+    };
+    Ok(match judge(spec, &now.since(&state.baseline)) {
+        Ok(seen) => Verdict::Passed(seen),
+        Err(why) => Verdict::Failed(why),
+    })
+}
+
+/// The metrics of every pod, summed.
+async fn scrape(http: &reqwest::Client, ips: &[String]) -> Result<Sample, String> {
+    let mut total = Sample::default();
+    for ip in ips {
+        let url = format!("http://{ip}:{METRICS_PORT}/metrics");
+        let text = async { http.get(&url).send().await?.error_for_status()?.text().await }
+            .await
+            .map_err(|e| format!("the metrics of pod {ip} could not be read: {e}"))?;
+        total.add(&Sample::parse(&text));
+    }
+    Ok(total)
+}
+
+/// Sends every smoke prompt to every pod; each answer must be non-empty.
+async fn smoke(http: &reqwest::Client, ips: &[String], model: &str, spec: &AnalysisSpec) -> Result<(), String> {
+    for (i, prompt) in spec.smoke_prompts.iter().enumerate() {
+        for ip in ips {
+            let body = json!({ "model": model, "max_tokens": 32, "messages": [{ "role": "user", "content": prompt }] });
+            let url = format!("http://{ip}:{API_PORT}/v1/chat/completions");
+            let answer: serde_json::Value =
+                async { http.post(&url).json(&body).send().await?.error_for_status()?.json().await }
+                    .await
+                    .map_err(|e| format!("smoke prompt {} on pod {ip} failed: {e}", i + 1))?;
+            let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+            if content.trim().is_empty() {
+                return Err(format!("smoke prompt {} on pod {ip} got an empty answer", i + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn probe_error(e: reqwest::Error) -> Error {
+    Error::Kube(kube::Error::Service(Box::new(e)))
+}
