@@ -10,6 +10,11 @@
 //! swap and the file write is repaired from the head's copy of the line on the next append,
 //! and a torn last line is dropped (it was never acknowledged). Each replica that has led
 //! keeps its own file, a segment of the chain; `kubectl taimatsu audit verify` merges them.
+//!
+//! Exactly once: a decision is audited before it is acted on, so a crash in between makes
+//! the retry audit it again. A record that carries a `decision` id is therefore appended
+//! only if the head's list of recent decision ids (swapped together with the head) does
+//! not hold it yet.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -66,10 +71,15 @@ pub struct ControlPlaneAudit {
 struct Head {
     state: ChainState,
     line: Option<String>,
+    /// Decision ids of the latest records, oldest first.
+    recent: Vec<String>,
     resource_version: Option<String>,
 }
 
 const LINE_KEY: &str = "last-record";
+const RECENT_KEY: &str = "recent-decisions";
+/// Decision ids remembered by the head: far more than one reconcile's retries can need.
+const RECENT_LIMIT: usize = 512;
 
 impl ControlPlaneAudit {
     /// Opens (creating) the file and checks it, dropping a torn last line.
@@ -82,9 +92,12 @@ impl ControlPlaneAudit {
     }
 
     /// Seals `record` (an object; `time`, `operator` are added) as the next link of the
-    /// chain and writes it to every sink. An error means the decision was not recorded:
-    /// callers fail the reconcile and retry rather than act unaudited.
+    /// chain and writes it to every sink, and returns its sequence number. A record whose
+    /// `decision` id is already in the chain is not appended again (the head's sequence
+    /// number is returned). An error means the decision was not recorded: callers fail the
+    /// reconcile and retry rather than act unaudited.
     pub async fn append(&self, mut record: Value) -> Result<u64, AuditError> {
+        let decision = record.get("decision").and_then(Value::as_str).map(str::to_owned);
         if let Some(obj) = record.as_object_mut() {
             obj.insert("time".into(), Value::String(now_rfc3339()));
             obj.insert("operator".into(), Value::String(self.config.identity.clone()));
@@ -106,9 +119,18 @@ impl ControlPlaneAudit {
                     head_seq: head.state.last_seq,
                 });
             }
+            if let Some(d) = &decision
+                && head.recent.contains(d)
+            {
+                return Ok(head.state.last_seq);
+            }
             let mut state = head.state.clone();
             let line = state.seal(&record).map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
-            let map = self.head_map(&line, head.resource_version.clone());
+            let mut recent = head.recent.clone();
+            recent.extend(decision.clone());
+            let excess = recent.len().saturating_sub(RECENT_LIMIT);
+            recent.drain(..excess);
+            let map = self.head_map(&line, &recent, head.resource_version.clone());
             let swapped = match head.resource_version {
                 Some(_) => api.replace(&self.config.head_name, &PostParams::default(), &map).await,
                 None => api.create(&PostParams::default(), &map).await,
@@ -144,7 +166,7 @@ impl ControlPlaneAudit {
 
     async fn read_head(&self, api: &Api<ConfigMap>) -> Result<Head, AuditError> {
         let Some(map) = api.get_opt(&self.config.head_name).await? else {
-            return Ok(Head { state: ChainState::default(), line: None, resource_version: None });
+            return Ok(Head { state: ChainState::default(), line: None, recent: Vec::new(), resource_version: None });
         };
         let malformed = |why: String| AuditError::MalformedHead(self.config.head_name.clone(), why);
         let line = map.data.as_ref().and_then(|d| d.get(LINE_KEY)).cloned();
@@ -157,10 +179,16 @@ impl ControlPlaneAudit {
                 ChainState { last_seq: seq, last_hash: hash.to_owned() }
             }
         };
-        Ok(Head { state, line, resource_version: map.metadata.resource_version })
+        let recent = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(RECENT_KEY))
+            .map(|r| r.lines().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(Head { state, line, recent, resource_version: map.metadata.resource_version })
     }
 
-    fn head_map(&self, line: &str, resource_version: Option<String>) -> ConfigMap {
+    fn head_map(&self, line: &str, recent: &[String], resource_version: Option<String>) -> ConfigMap {
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.config.head_name.clone()),
@@ -172,7 +200,10 @@ impl ControlPlaneAudit {
                 )])),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([(LINE_KEY.to_owned(), line.to_owned())])),
+            data: Some(BTreeMap::from([
+                (LINE_KEY.to_owned(), line.to_owned()),
+                (RECENT_KEY.to_owned(), recent.join("\n")),
+            ])),
             ..Default::default()
         }
     }

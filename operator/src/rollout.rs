@@ -62,11 +62,13 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
                 }
                 let number = plan::latest(&records).map_or(1, |r| r.number + 1);
                 let from = plan::stable(&records).map(|r| r.number);
+                // Both audited before the record exists: a crash in between repeats them on
+                // retry, and the chain keeps each decision once.
                 let mut fields = revision_fields(&snapshot, number);
                 audit(ctx, md, "revision-created", fields.clone()).await?;
-                let record = store::create(client, md, number, &snapshot, &Timestamp::now().to_string()).await?;
                 fields["from"] = json!(from);
                 audit(ctx, md, "rollout-started", fields).await?;
+                let record = store::create(client, md, number, &snapshot, &Timestamp::now().to_string()).await?;
                 event(
                     ctx,
                     md,
@@ -501,7 +503,17 @@ fn describe(snapshot: &Snapshot) -> String {
 
 /// Appends one control-plane decision about `md` to the audit trail.
 async fn audit(ctx: &Context, md: &ModelDeployment, event: &str, mut fields: Value) -> Result<(), Error> {
+    // One decision per (object, generation, event, revision): what a retry after a crash
+    // between auditing and acting repeats, and the audit trail records once.
+    let subject = [&fields["revision"], &fields["from"], &fields["revisions"]]
+        .into_iter()
+        .find(|v| !v.is_null())
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let decision =
+        format!("{}:{}:{event}:{subject}", md.uid().unwrap_or_default(), md.metadata.generation.unwrap_or_default());
     if let Some(obj) = fields.as_object_mut() {
+        obj.insert("decision".into(), json!(decision));
         obj.insert("event".into(), json!(event));
         obj.insert("namespace".into(), json!(md.namespace()));
         obj.insert("modelDeployment".into(), json!(md.name_any()));

@@ -409,6 +409,35 @@ async fn manual_rollback_is_declarative_audited_and_the_plugin_shows_it() {
     .await;
 }
 
+#[tokio::test]
+async fn max_surge_zero_with_exactly_enough_gpus_completes_without_deadlock() {
+    setup().await;
+    with_namespace("exact-gpus", move |client, ns| async move {
+        // The MIG node has exactly 4 slices and this binary's other tests use none of them.
+        create_model(&client, &ns, "mistral", "7.25B").await;
+        let spec = |quantization: &str| {
+            json!({ "modelRef": { "name": "mistral" }, "quantization": quantization, "engine": { "type": "vllm" },
+                    "placement": { "acceleratorProfileRef": { "name": "h100-mig-3g-40gb" } }, "replicas": 4,
+                    "rollout": { "maxSurge": 0, "maxUnavailable": 1 } })
+        };
+        apply_spec(&client, &ns, "full", spec("bf16")).await;
+        wait_status(&client, &ns, "full", "4 replicas of revision 1", |md| {
+            revisions(md) == (Some(1), Some(1), None) && md.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
+        })
+        .await;
+        // Every slice is taken: a new revision gets one only when the old one gives it back.
+        apply_spec(&client, &ns, "full", spec("fp8")).await;
+        let md = wait_status(&client, &ns, "4 replicas of revision 2", |md| {
+            revisions(md) == (Some(2), Some(2), None) && md.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
+        })
+        .await;
+        assert_eq!(condition(&md, "RolledBack").unwrap().0, "False");
+        let args = worker_args(&client, &ns, "full").await;
+        assert!(args.len() == 1 && args[0].windows(2).any(|w| w == ["--quantization", "fp8"]), "{args:?}");
+    })
+    .await;
+}
+
 /// The audit chain's crash and reset handling, on the real API server (no operator process:
 /// the module under test is the one every operator replica uses).
 #[tokio::test]

@@ -162,7 +162,8 @@ taimatsu_worker_request_duration_seconds_bucket{le="+Inf",endpoint="models"} 5
     #[test]
     fn the_window_is_judged_on_its_difference() {
         let before = Sample::parse(METRICS);
-        let after = Sample { requests: 45.0, errors: 2.0, buckets: vec![(0.1, 35.0), (1.0, 44.0), (f64::MAX, 45.0)] };
+        // 20 more requests: 10 under 100 ms, 10 between 100 ms and 1 s.
+        let after = Sample { requests: 45.0, errors: 2.0, buckets: vec![(0.1, 25.0), (1.0, 44.0), (f64::MAX, 45.0)] };
         let window = after.since(&before);
         assert_eq!((window.requests, window.errors), (20.0, 0.0));
         assert_eq!(window.p95_ms(), Some(1000.0));
