@@ -427,7 +427,7 @@ async fn max_surge_zero_with_exactly_enough_gpus_completes_without_deadlock() {
         .await;
         // Every slice is taken: a new revision gets one only when the old one gives it back.
         apply_spec(&client, &ns, "full", spec("fp8")).await;
-        let md = wait_status(&client, &ns, "4 replicas of revision 2", |md| {
+        let md = wait_status(&client, &ns, "full", "4 replicas of revision 2", |md| {
             revisions(md) == (Some(2), Some(2), None) && md.status.as_ref().and_then(|s| s.ready_replicas) == Some(4)
         })
         .await;
