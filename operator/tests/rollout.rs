@@ -258,6 +258,21 @@ async fn a_digest_mismatch_rolls_back_to_the_last_stable_revision_and_is_not_ret
         .await
         .unwrap();
         assert_eq!(outcomes(&history(&client, &ns, "chat").await), vec![(1, Outcome::Active), (2, Outcome::Failed)]);
+        // The Warning Event of the rollback, as `kubectl describe` shows it.
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+        let rolled_back = poll_until("the RolledBack Event", Duration::from_secs(30), || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?.items;
+                Ok(list.into_iter().find(|e| e.reason.as_deref() == Some("RolledBack")))
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(rolled_back.type_.as_deref(), Some("Warning"));
+        assert!(
+            rolled_back.note.unwrap_or_default().contains("revision 2 failed (DigestMismatch): serving revision 1")
+        );
         // Argo CD's health check (run by Debian's Lua) reads the live object as Degraded.
         let live = cp.dir().join(format!("{ns}-chat.json"));
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
