@@ -136,6 +136,24 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         mds.patch("smollm2-chat", &PatchParams::default(), &Patch::Merge(change(3072, 600_000))).await.unwrap();
         let md = wait_for(&mds, "revision 3 to pass its analysis", |s| s.serving_revision == Some(3)).await;
         assert_eq!(md.desired_revision, Some(3));
+
+        // A wrong sha256 in the Model is a new revision whose real fetch step refuses the
+        // file: DigestMismatch, and serving stays on revision 3.
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let mut tampered = model.clone();
+        tampered["spec"]["files"][0]["sha256"] = json!("0".repeat(64));
+        models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&tampered)).await.expect("model");
+        let md = wait_for(&mds, "revision 4 to fail verification", |s| s.failed_revision == Some(4)).await;
+        let rolled_back = md.conditions.iter().find(|c| c.type_ == "RolledBack").unwrap();
+        assert_eq!((rolled_back.status.as_str(), rolled_back.reason.as_str()), ("True", "DigestMismatch"), "{rolled_back:?}");
+        wait_for(&mds, "revision 3 serving again", |s| s.serving_revision == Some(3) && s.ready_replicas == Some(1)).await;
+
+        // A manual rollback to revision 1, with its reason, recorded with the requesting user
+        // as the admission webhook saw it.
+        let rollback = json!({ "metadata": { "annotations": { "taimatsu.dev/change-cause": "INC-9: back to the first context length" } },
+                               "spec": { "rollback": { "toRevision": 1 } } });
+        mds.patch("smollm2-chat", &PatchParams::default(), &Patch::Merge(rollback)).await.unwrap();
+        wait_for(&mds, "revision 1 serving by request", |s| s.serving_revision == Some(1) && s.desired_revision == Some(1)).await;
     })
     .await;
     let audit = std::fs::read(cp.dir().join("sandbox/audit/operator-0.jsonl")).unwrap();
@@ -148,7 +166,13 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         .collect();
     let failed = events.iter().find(|r| r["event"] == "rollout-failed").expect("rollout-failed");
     assert_eq!((failed["revision"].as_i64(), failed["reason"].as_str()), (Some(2), Some("AnalysisFailed")));
-    let passed = events.iter().rfind(|r| r["event"] == "rollout-succeeded").unwrap();
-    assert_eq!(passed["revision"], 3);
+    let passed = events.iter().find(|r| r["event"] == "rollout-succeeded" && r["revision"] == 3).unwrap();
     assert!(passed["analysis"].as_str().unwrap().contains("error rate 0.0%"), "{passed}");
+    let verification =
+        events.iter().find(|r| r["event"] == "model-verification-failed").expect("model-verification-failed");
+    assert_eq!(verification["revision"], 4);
+    let manual = events.iter().find(|r| r["event"] == "rollback-manual").expect("rollback-manual");
+    assert_eq!((manual["revision"].as_i64(), manual["from"].as_i64()), (Some(1), Some(3)));
+    assert_eq!(manual["requestedBy"], "taimatsu-admin", "the webhook's user, not a client tool's name");
+    assert_eq!(manual["changeCause"], "INC-9: back to the first context length");
 }
