@@ -1,7 +1,7 @@
 //! Conditions with a small fixed set of reasons, derived from what was observed.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Every reason a condition can carry. Bounded, so it can label metrics and Events.
@@ -130,6 +130,13 @@ pub fn revision_state(deployment: Option<&Deployment>, pods: &[Pod], desired_rep
     }
 }
 
+/// How an init container (the fetch step) last failed: its current or, while it is being
+/// restarted, its previous termination with a non-zero exit code.
+pub fn failed_init(init: &ContainerStatus) -> Option<&ContainerStateTerminated> {
+    let current = init.state.as_ref().and_then(|s| s.terminated.as_ref());
+    current.or_else(|| init.last_state.as_ref().and_then(|s| s.terminated.as_ref())).filter(|t| t.exit_code != 0)
+}
+
 /// The first scheduling or fetch failure among the pods.
 pub fn pod_problem(pods: &[Pod]) -> Option<(Reason, String)> {
     for pod in pods {
@@ -140,12 +147,7 @@ pub fn pod_problem(pods: &[Pod]) -> Option<(Reason, String)> {
             }
         }
         for init in status.init_container_statuses.iter().flatten() {
-            let terminated = init
-                .state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .or_else(|| init.last_state.as_ref().and_then(|s| s.terminated.as_ref()));
-            if let Some(t) = terminated.filter(|t| t.exit_code != 0) {
+            if let Some(t) = failed_init(init) {
                 let message = t.message.clone().unwrap_or_default();
                 let reason =
                     if message.starts_with("DigestMismatch") { Reason::DigestMismatch } else { Reason::FetchFailed };

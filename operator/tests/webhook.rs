@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::ModelDeployment;
@@ -19,25 +19,6 @@ use taimatsu_tests::wait::poll_until;
 use taimatsu_tests::{ControlPlane, apply, with_namespace};
 
 use common::*;
-
-async fn register_webhook(client: &Client, port: u16) {
-    let configuration: ValidatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-        "metadata": { "name": "taimatsu-operator" },
-        "webhooks": [{
-            "name": "audit.taimatsu.dev",
-            "clientConfig": { "url": format!("https://127.0.0.1:{port}/validate") },
-            "rules": [{ "apiGroups": ["taimatsu.dev"], "apiVersions": ["v1alpha1"],
-                        "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["modeldeployments", "models"] }],
-            "failurePolicy": "Fail", "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"], "timeoutSeconds": 10,
-        }],
-    }))
-    .unwrap();
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &configuration)
-        .await
-        .expect("webhook configuration");
-}
 
 /// alice may manage Models and ModelDeployments in `ns`, nothing else.
 async fn let_alice_deploy(client: &Client, ns: &str) {
@@ -59,22 +40,13 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
     apply::apply_yaml(client, ns, rbac).await.expect("alice's role");
 }
 
-fn audit_records(cp: &ControlPlane) -> Vec<Value> {
-    let log = std::fs::read(audit_log(cp, "webhook-operator")).unwrap_or_default();
-    taimatsu_core::audit_chain::verify(&log).expect("the audit chain verifies");
-    log.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice::<Value>(l).unwrap()["record"].clone())
-        .collect()
-}
-
 #[tokio::test]
 async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
     let cp = ControlPlane::shared().await;
     let client = cp.client().await.unwrap();
     prepare(&client).await;
     let webhook_port = free_port().unwrap();
-    register_webhook(&client, webhook_port).await;
+    taimatsu_tests::sandbox::register_webhook(&client, webhook_port).await.expect("webhook configuration");
     let mut operator = operator_command(cp, "webhook-operator", "webhook-test", free_port().unwrap());
     // No certificate supplied: the operator generates one for 127.0.0.1 and publishes its CA.
     operator.args([
@@ -106,7 +78,7 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         mds.patch("chat", &PatchParams::apply("alice-cli"), &Patch::Apply(md)).await.expect("alice deploys");
         wait_reason(&client, &ns, "chat", "Ready", "Available").await;
 
-        let records = audit_records(cp);
+        let (_, records) = audit_records(cp, "webhook-operator");
         let admitted: Vec<&Value> =
             records.iter().filter(|r| r["event"] == "admission" && r["namespace"] == ns.as_str()).collect();
         let kinds: Vec<(&str, &str, &str)> = admitted

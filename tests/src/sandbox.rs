@@ -120,8 +120,9 @@ impl Sandbox {
     }
 }
 
-/// The webhook configuration the operator publishes its generated CA into; fail-closed.
-async fn register_webhook(client: &Client, port: u16) -> anyhow::Result<()> {
+/// The webhook configuration (`taimatsu-operator`, calling 127.0.0.1:`port`) the operator
+/// publishes its generated CA into; fail-closed.
+pub async fn register_webhook(client: &Client, port: u16) -> anyhow::Result<()> {
     let configuration = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": { "name": "taimatsu-operator" },

@@ -73,12 +73,7 @@ pub fn failure(pods: &[Pod], elapsed_seconds: i64, deadline_seconds: i32) -> Opt
     for pod in pods {
         let Some(status) = &pod.status else { continue };
         for init in status.init_container_statuses.iter().flatten() {
-            let terminated = init
-                .state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .or_else(|| init.last_state.as_ref().and_then(|s| s.terminated.as_ref()));
-            let Some(t) = terminated.filter(|t| t.exit_code != 0) else { continue };
+            let Some(t) = crate::status::failed_init(init) else { continue };
             // The worker's termination message is "<Reason>: <detail>".
             let message = t.message.clone().unwrap_or_default().trim().to_owned();
             if let Some(detail) = message.strip_prefix("DigestMismatch:") {

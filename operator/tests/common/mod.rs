@@ -32,6 +32,22 @@ pub fn operator_command(cp: &ControlPlane, identity: &str, lease_name: &str, htt
     cmd
 }
 
+/// The records of the control-plane audit file of `identity` (none before its first
+/// record), after checking that the chain verifies.
+pub fn audit_records(
+    cp: &ControlPlane,
+    identity: &str,
+) -> (taimatsu_core::audit_chain::VerifyReport, Vec<serde_json::Value>) {
+    let log = std::fs::read(audit_log(cp, identity)).unwrap_or_default();
+    let report = taimatsu_core::audit_chain::verify(&log).expect("the audit chain verifies");
+    let records = log
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("a sealed record")["record"].clone())
+        .collect();
+    (report, records)
+}
+
 /// The control-plane audit file the operator `identity` writes.
 pub fn audit_log(cp: &ControlPlane, identity: &str) -> std::path::PathBuf {
     cp.dir().join("audit").join(format!("{identity}.jsonl"))
