@@ -13,8 +13,15 @@
 //!
 //! Exactly once: a decision is audited before it is acted on, so a crash in between makes
 //! the retry audit it again. A record that carries a `decision` id is therefore appended
-//! only if the head's list of recent decision ids (swapped together with the head) does
-//! not hold it yet.
+//! only if the head's list of recent decision ids (short digests of them, swapped together
+//! with the head) does not hold it yet.
+//!
+//! Group commit: records appended while a swap is in flight wait together and are sealed
+//! by the next swap, up to `MAX_BATCH` at a time, so a thousand concurrent reconciles cost
+//! tens of head swaps rather than a thousand serial ones. The head keeps every line of the
+//! last swap (`last-batch`) so a crash gap of a whole batch can be repaired. The replica
+//! also remembers the head as it last swapped it: a stale copy costs one conflict and a
+//! re-read, never a fork, since the swap is conditional on its resourceVersion.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,7 +32,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 use taimatsu_core::audit_chain::{ChainState, GENESIS};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 use tracing::warn;
 
 /// Where the trail goes.
@@ -58,28 +65,55 @@ pub enum AuditError {
         "audit file {path} ends at record {file_seq} but the chain's head in the API server is at record {head_seq}: the head was reset (an etcd restore, or a new cluster); appending would fork the chain. Keep the file as evidence, move it aside, and restart the operator to start a new chain"
     )]
     Diverged { path: String, file_seq: u64, head_seq: u64 },
+    /// The swap that was to seal this record together with others failed.
+    #[error("{0}")]
+    Batch(String),
 }
 
 pub struct ControlPlaneAudit {
     client: Client,
     config: AuditConfig,
-    /// The file and where its chain stands; one append at a time.
-    file: Mutex<Option<(std::fs::File, ChainState)>>,
+    /// Records waiting for the next swap, oldest first.
+    pending: std::sync::Mutex<Vec<Pending>>,
+    /// One swap at a time: this replica's file and the head as it last swapped it.
+    committer: Mutex<Committer>,
 }
 
-/// The head as stored: the last sealed line, from which sequence and hash are read.
+/// Records appended together: sealed in one swap, consecutively.
+struct Pending {
+    records: Vec<(Value, Option<String>)>,
+    sealed: oneshot::Sender<Result<Vec<u64>, AuditError>>,
+}
+
+struct Committer {
+    file: Option<(std::fs::File, ChainState)>,
+    /// The head this replica last swapped in; `None`: read it from the API server.
+    head: Option<Head>,
+}
+
+/// The head as stored: the lines of the last swap, from whose last line sequence and
+/// hash are read.
+#[derive(Clone)]
 struct Head {
     state: ChainState,
-    line: Option<String>,
-    /// Decision ids of the latest records, oldest first.
+    /// Every line the last swap sealed, oldest first, each ending in a newline.
+    batch: String,
+    /// Digests of the decision ids of the latest records, oldest first.
     recent: Vec<String>,
     resource_version: Option<String>,
 }
 
+/// The last sealed line: what `kubectl taimatsu audit verify --against-cluster` compares.
 const LINE_KEY: &str = "last-record";
+const BATCH_KEY: &str = "last-batch";
 const RECENT_KEY: &str = "recent-decisions";
 /// Decision ids remembered by the head: far more than one reconcile's retries can need.
 const RECENT_LIMIT: usize = 512;
+/// Records sealed by one swap: keeps the head ConfigMap far below its 1 MiB limit.
+const MAX_BATCH: usize = 64;
+/// How long a swap waits for more records to join it: a fraction of one API round trip,
+/// which turns a burst of reconciles' decisions into a few swaps instead of one each.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(3);
 
 impl ControlPlaneAudit {
     /// Opens (creating) the file and checks it, dropping a torn last line.
@@ -88,7 +122,12 @@ impl ControlPlaneAudit {
             Some(path) => Some(open_segment(path)?),
             None => None,
         };
-        Ok(ControlPlaneAudit { client, config, file: Mutex::new(file) })
+        Ok(ControlPlaneAudit {
+            client,
+            config,
+            pending: std::sync::Mutex::default(),
+            committer: Mutex::new(Committer { file, head: None }),
+        })
     }
 
     /// Seals `record` (an object; `time`, `operator` are added) as the next link of the
@@ -96,81 +135,187 @@ impl ControlPlaneAudit {
     /// `decision` id is already in the chain is not appended again (the head's sequence
     /// number is returned). An error means the decision was not recorded: callers fail the
     /// reconcile and retry rather than act unaudited.
-    pub async fn append(&self, mut record: Value) -> Result<u64, AuditError> {
-        let decision = record.get("decision").and_then(Value::as_str).map(str::to_owned);
-        if let Some(obj) = record.as_object_mut() {
-            obj.insert("time".into(), Value::String(now_rfc3339()));
-            obj.insert("operator".into(), Value::String(self.config.identity.clone()));
+    pub async fn append(&self, record: Value) -> Result<u64, AuditError> {
+        let seqs = self.append_all(vec![record]).await?;
+        Ok(seqs.first().copied().unwrap_or_default())
+    }
+
+    /// Appends `records` as consecutive links, sealed by one swap of the head: one
+    /// decision's records (a failure and the rollback it causes) are recorded together or
+    /// not at all.
+    pub async fn append_all(&self, records: Vec<Value>) -> Result<Vec<u64>, AuditError> {
+        let records: Vec<(Value, Option<String>)> = records
+            .into_iter()
+            .map(|mut record| {
+                let decision = record.get("decision").and_then(Value::as_str).map(decision_digest);
+                if let Some(obj) = record.as_object_mut() {
+                    obj.insert("time".into(), Value::String(now_rfc3339()));
+                    obj.insert("operator".into(), Value::String(self.config.identity.clone()));
+                }
+                (record, decision)
+            })
+            .collect();
+        let (sealed, mut outcome) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(Pending { records: records.clone(), sealed });
+        loop {
+            let mut committer = self.committer.lock().await;
+            match outcome.try_recv() {
+                // Sealed (or failed) by the swap this call waited for.
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                // Taken by a swap that was abandoned (its caller's future dropped): queue again.
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    let (sealed, again) = oneshot::channel();
+                    outcome = again;
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Pending { records: records.clone(), sealed });
+                }
+            }
+            tokio::time::sleep(GATHER).await;
+            let batch: Vec<Pending> = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let mut count = 0;
+                let take = pending
+                    .iter()
+                    .take_while(|p| {
+                        count += p.records.len();
+                        count <= MAX_BATCH
+                    })
+                    .count()
+                    .max(1);
+                let take = take.min(pending.len());
+                pending.drain(..take).collect()
+            };
+            let records: Vec<(&Value, Option<&str>)> =
+                batch.iter().flat_map(|p| p.records.iter().map(|(r, d)| (r, d.as_deref()))).collect();
+            let result = self.commit(&mut committer, &records).await;
+            // Answered while the lock is held: a waiter that takes it next finds its result.
+            match result {
+                Ok(seqs) => {
+                    let mut seqs = seqs.into_iter();
+                    for p in batch {
+                        let own: Vec<u64> = seqs.by_ref().take(p.records.len()).collect();
+                        let _ = p.sealed.send(Ok(own));
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    for p in batch {
+                        let _ = p.sealed.send(Err(AuditError::Batch(text.clone())));
+                    }
+                    // This call's own records, when they were in the batch, fail with the error itself.
+                    if outcome.try_recv().is_ok() {
+                        return Err(e);
+                    }
+                }
+            }
         }
+    }
+
+    /// Seals `records` in one swap of the head and writes them to this replica's sinks;
+    /// returns each record's sequence number.
+    async fn commit(
+        &self,
+        committer: &mut Committer,
+        records: &[(&Value, Option<&str>)],
+    ) -> Result<Vec<u64>, AuditError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.config.head_namespace);
-        let mut file = self.file.lock().await;
         for _ in 0..5 {
-            let head = self.read_head(&api).await?;
-            // Every record reaches the head before any file, so a file ahead of the head (or
-            // level with it on another record) belongs to a chain the head no longer knows.
-            if let Some((_, file_state)) = file.as_ref()
-                && file_state.last_seq > 0
-                && (file_state.last_seq > head.state.last_seq
-                    || (file_state.last_seq == head.state.last_seq && file_state.last_hash != head.state.last_hash))
-            {
-                return Err(AuditError::Diverged {
-                    path: self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                    file_seq: file_state.last_seq,
-                    head_seq: head.state.last_seq,
-                });
-            }
-            if let Some(d) = &decision
-                && head.recent.contains(d)
-            {
-                return Ok(head.state.last_seq);
-            }
+            let head = match committer.head.take() {
+                Some(head) => head,
+                None => self.read_head(&api).await?,
+            };
+            self.check_not_diverged(committer.file.as_ref().map(|(_, s)| s), &head)?;
             let mut state = head.state.clone();
-            let line = state.seal(&record).map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
             let mut recent = head.recent.clone();
-            recent.extend(decision.clone());
+            let mut lines = String::new();
+            let mut seqs = Vec::with_capacity(records.len());
+            for (record, decision) in records {
+                if let Some(d) = decision
+                    && recent.iter().any(|r| r == d)
+                {
+                    seqs.push(state.last_seq);
+                    continue;
+                }
+                let line = state.seal(record).map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
+                lines.push_str(&line);
+                recent.extend(decision.map(str::to_owned));
+                seqs.push(state.last_seq);
+            }
+            if lines.is_empty() {
+                committer.head = Some(head);
+                return Ok(seqs);
+            }
             let excess = recent.len().saturating_sub(RECENT_LIMIT);
             recent.drain(..excess);
-            let map = self.head_map(&line, &recent, head.resource_version.clone());
+            let map = self.head_map(&lines, &recent, head.resource_version.clone());
             let swapped = match head.resource_version {
                 Some(_) => api.replace(&self.config.head_name, &PostParams::default(), &map).await,
                 None => api.create(&PostParams::default(), &map).await,
             };
-            match swapped {
-                Ok(_) => {}
+            let swapped = match swapped {
+                Ok(swapped) => swapped,
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => return Err(e.into()),
-            }
-            if let Some((f, file_state)) = file.as_mut() {
+            };
+            if let Some((f, file_state)) = committer.file.as_mut() {
                 let path = self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
                 let io = |source| AuditError::File { path: path.clone(), source };
-                // A record sealed by the previous leader (or by this replica just before a
-                // crash) that this file lacks: copy it from the head first.
-                if let Some(previous) = head.line.as_deref()
-                    && file_state.last_seq + 1 == head.state.last_seq
-                    && previous_links_to(previous, &file_state.last_hash)
-                {
-                    f.write_all(previous.as_bytes()).map_err(io)?;
-                }
-                f.write_all(line.as_bytes()).and_then(|()| f.sync_data()).map_err(io)?;
+                // Records sealed by the previous swap (this replica's, just before a crash, or
+                // the previous leader's) that this file lacks: copy them from the head first.
+                f.write_all(missing_lines(&head.batch, file_state).as_bytes()).map_err(io)?;
+                f.write_all(lines.as_bytes()).and_then(|()| f.sync_data()).map_err(io)?;
                 *file_state = state.clone();
             }
-            if self.config.stdout {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+            for line in lines.split_inclusive('\n') {
+                if self.config.stdout {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+                }
+                tracing::info!(target: taimatsu_telemetry::EXPORTED_LOG_TARGET, { audit.record = line.trim_end() }, "control-plane audit record");
             }
-            tracing::info!(target: taimatsu_telemetry::EXPORTED_LOG_TARGET, { audit.record = line.trim_end() }, "control-plane audit record");
-            return Ok(state.last_seq);
+            committer.head =
+                Some(Head { state, batch: lines, recent, resource_version: swapped.metadata.resource_version });
+            return Ok(seqs);
         }
         Err(AuditError::Contended)
     }
 
+    /// Every record reaches the head before any file, so a file ahead of the head (or level
+    /// with it on another record) belongs to a chain the head no longer knows.
+    fn check_not_diverged(&self, file: Option<&ChainState>, head: &Head) -> Result<(), AuditError> {
+        match file {
+            Some(f)
+                if f.last_seq > 0
+                    && (f.last_seq > head.state.last_seq
+                        || (f.last_seq == head.state.last_seq && f.last_hash != head.state.last_hash)) =>
+            {
+                Err(AuditError::Diverged {
+                    path: self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    file_seq: f.last_seq,
+                    head_seq: head.state.last_seq,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn read_head(&self, api: &Api<ConfigMap>) -> Result<Head, AuditError> {
         let Some(map) = api.get_opt(&self.config.head_name).await? else {
-            return Ok(Head { state: ChainState::default(), line: None, recent: Vec::new(), resource_version: None });
+            return Ok(Head {
+                state: ChainState::default(),
+                batch: String::new(),
+                recent: Vec::new(),
+                resource_version: None,
+            });
         };
         let malformed = |why: String| AuditError::MalformedHead(self.config.head_name.clone(), why);
-        let line = map.data.as_ref().and_then(|d| d.get(LINE_KEY)).cloned();
-        let state = match &line {
+        let data = map.data.unwrap_or_default();
+        // A head written before batches has only its last line.
+        let batch = data.get(BATCH_KEY).or(data.get(LINE_KEY)).cloned().unwrap_or_default();
+        let state = match batch.lines().last() {
             None => ChainState::default(),
             Some(l) => {
                 let v: Value = serde_json::from_str(l).map_err(|e| malformed(e.to_string()))?;
@@ -179,16 +324,13 @@ impl ControlPlaneAudit {
                 ChainState { last_seq: seq, last_hash: hash.to_owned() }
             }
         };
-        let recent = map
-            .data
-            .as_ref()
-            .and_then(|d| d.get(RECENT_KEY))
-            .map(|r| r.lines().map(str::to_owned).collect())
-            .unwrap_or_default();
-        Ok(Head { state, line, recent, resource_version: map.metadata.resource_version })
+        let recent = data.get(RECENT_KEY).map(|r| r.lines().map(str::to_owned).collect()).unwrap_or_default();
+        let batch = if batch.is_empty() || batch.ends_with('\n') { batch } else { batch + "\n" };
+        Ok(Head { state, batch, recent, resource_version: map.metadata.resource_version })
     }
 
-    fn head_map(&self, line: &str, recent: &[String], resource_version: Option<String>) -> ConfigMap {
+    fn head_map(&self, lines: &str, recent: &[String], resource_version: Option<String>) -> ConfigMap {
+        let last = lines.split_inclusive('\n').next_back().unwrap_or_default();
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.config.head_name.clone()),
@@ -201,7 +343,8 @@ impl ControlPlaneAudit {
                 ..Default::default()
             },
             data: Some(BTreeMap::from([
-                (LINE_KEY.to_owned(), line.to_owned()),
+                (LINE_KEY.to_owned(), last.to_owned()),
+                (BATCH_KEY.to_owned(), lines.to_owned()),
                 (RECENT_KEY.to_owned(), recent.join("\n")),
             ])),
             ..Default::default()
@@ -209,8 +352,23 @@ impl ControlPlaneAudit {
     }
 }
 
-fn previous_links_to(line: &str, hash: &str) -> bool {
-    serde_json::from_str::<Value>(line).is_ok_and(|v| v["prev"].as_str() == Some(hash))
+/// The lines of `batch` after the file's last record, when they continue its chain.
+fn missing_lines(batch: &str, file: &ChainState) -> String {
+    let field = |line: &str, key: &str| serde_json::from_str::<Value>(line).ok().map(|v| v[key].clone());
+    let missing: Vec<&str> = batch
+        .split_inclusive('\n')
+        .filter(|l| field(l, "seq").and_then(|s| s.as_u64()).is_some_and(|s| s > file.last_seq))
+        .collect();
+    match missing.first() {
+        Some(first)
+            if field(first, "seq").and_then(|s| s.as_u64()) == Some(file.last_seq + 1)
+                && field(first, "prev").and_then(|p| p.as_str().map(str::to_owned)).as_deref()
+                    == Some(file.last_hash.as_str()) =>
+        {
+            missing.concat()
+        }
+        _ => String::new(),
+    }
 }
 
 /// Opens this replica's segment for appending, after checking it and cutting a torn tail.
@@ -250,6 +408,13 @@ fn resume_segment(bytes: &[u8]) -> Result<(ChainState, u64), String> {
     };
     let state = taimatsu_core::audit_chain::verify_from(&start, &bytes[..complete]).map_err(|e| e.to_string())?;
     Ok((state, complete as u64))
+}
+
+/// What the head remembers of a decision id: a short digest, so that 512 of them stay a few
+/// kilobytes of every swap.
+fn decision_digest(decision: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(decision.as_bytes())[..8])
 }
 
 fn now_rfc3339() -> String {

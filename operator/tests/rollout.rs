@@ -487,3 +487,70 @@ async fn the_audit_chain_repairs_a_crash_gap_and_refuses_a_reset_head() {
         "nothing written"
     );
 }
+
+/// A burst of decisions (a thousand reconciles after a restart) shares head swaps: each
+/// decision is sealed once, in one chain, with far fewer swaps than records; and a crash
+/// that loses a whole batch from the file is repaired from the head's copy of the batch.
+#[tokio::test]
+async fn concurrent_audit_appends_share_head_swaps_and_seal_each_decision_once() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
+    let (cp, client, _) = setup().await;
+    let dir = cp.dir().join("audit-batch");
+    let file = dir.join("a.jsonl");
+    let config = AuditConfig {
+        file: Some(file.clone()),
+        stdout: false,
+        head_namespace: "default".into(),
+        head_name: "batch-head".into(),
+        identity: "test".into(),
+    };
+    // Every swap of the head, as the API server's watch reports it.
+    let heads: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let swaps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let last_seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counted, seen_last) = (swaps.clone(), last_seen.clone());
+    let watch = tokio::spawn(
+        watcher(heads.clone(), watcher::Config::default().fields("metadata.name=batch-head"))
+            .touched_objects()
+            .for_each(move |head| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let last = head.ok().and_then(|h| h.data).and_then(|d| d.get("last-record").cloned());
+                if last.is_some_and(|l| l.contains("\"seq\":150,")) {
+                    seen_last.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                futures::future::ready(())
+            }),
+    );
+
+    let audit = ControlPlaneAudit::open(client.clone(), config.clone()).unwrap();
+    // 200 appends at once, 50 of them repeating a decision already asked for.
+    let appends = (0..200).map(|i| audit.append(json!({ "event": "e", "decision": format!("d{}", i % 150) })));
+    for result in futures::future::join_all(appends).await {
+        result.expect("append");
+    }
+    let log = std::fs::read(&file).unwrap();
+    assert_eq!(audit_chain::verify(&log).unwrap().records, 150, "each decision once");
+    poll_until("the watch to see the last swap", Duration::from_secs(30), || {
+        let seen = last_seen.load(std::sync::atomic::Ordering::SeqCst);
+        async move { Ok(seen.then_some(())) }
+    })
+    .await
+    .expect("the head's last swap");
+    let seen = swaps.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(seen < 150, "{seen} swaps of the head for 150 records: appends were not batched");
+    watch.abort();
+
+    // The file loses the last batch (a crash after the swap, before the write): the next
+    // append copies the batch from the head first.
+    let batch = heads.get("batch-head").await.unwrap().data.unwrap()["last-batch"].clone();
+    let kept = &log[..log.len() - batch.len()];
+    drop(audit);
+    std::fs::write(&file, kept).unwrap();
+    let audit = ControlPlaneAudit::open(client.clone(), config).unwrap();
+    assert_eq!(audit.append(json!({ "event": "after" })).await.unwrap(), 151);
+    let log = std::fs::read(&file).unwrap();
+    assert_eq!(audit_chain::verify(&log).unwrap().records, 151, "{}", String::from_utf8_lossy(&log));
+}
