@@ -8,6 +8,8 @@ pub enum Error {
     NoNamespace,
     #[error("control-plane audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("serializing a desired object: {0}")]
+    Serialize(String),
 }
 
 impl Error {
@@ -19,6 +21,7 @@ impl Error {
             Error::Kube(_) => "client",
             Error::NoNamespace => "invalid-object",
             Error::Audit(_) => "audit",
+            Error::Serialize(_) => "internal",
         }
     }
 }

@@ -4,8 +4,10 @@
 //! status code.
 
 pub mod analysis;
+pub mod apply;
 pub mod audit;
 pub mod build;
+pub mod cache;
 pub mod controller;
 pub mod error;
 pub mod leader;

@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     info!(%identity, "leading: starting the controller");
 
     let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
-    let ctx = Arc::new(controller::Context::new(client, settings, metrics, &identity, audit, requesters));
+    let (ctx, writers) = controller::Context::new(client, settings, metrics, &identity, audit, requesters);
     let mut lost = leading.clone();
     let stop = async move {
         tokio::select! {
@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
             _ = lost.wait_for(|l| !*l) => info!("leadership lost: stopping so that one leader remains"),
         }
     };
-    controller::run(ctx, stop).await;
+    controller::run(Arc::new(ctx), writers, stop).await;
     http.abort();
     if let Some(webhook) = webhook {
         webhook.abort();

@@ -7,19 +7,20 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, PatchParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
-use taimatsu_crds::v1alpha1::{AcceleratorProfile, CHANGE_CAUSE_ANNOTATION, Model, ModelDeployment};
+use taimatsu_crds::v1alpha1::{CHANGE_CAUSE_ANNOTATION, ModelDeployment};
 use tracing::info;
 
 use crate::analysis::{self, Verdict};
 use crate::build::{self, Inputs, labels};
-use crate::controller::{self, Context, FIELD_MANAGER};
+use crate::cache;
+use crate::controller::{self, Context};
 use crate::error::Error;
 use crate::revision::plan::{self, Pods, Step};
 use crate::revision::record::spec_manager;
@@ -64,10 +65,10 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
                 let from = plan::stable(&records).map(|r| r.number);
                 // Both audited before the record exists: a crash in between repeats them on
                 // retry, and the chain keeps each decision once.
-                let mut fields = revision_fields(&snapshot, number);
-                audit(ctx, md, "revision-created", fields.clone()).await?;
-                fields["from"] = json!(from);
-                audit(ctx, md, "rollout-started", fields).await?;
+                let fields = revision_fields(&snapshot, number);
+                let mut started = fields.clone();
+                started["from"] = json!(from);
+                audit_all(ctx, md, vec![("revision-created", fields), ("rollout-started", started)]).await?;
                 let record = store::create(client, md, number, &snapshot, &Timestamp::now().to_string()).await?;
                 event(
                     ctx,
@@ -98,17 +99,14 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
 
     // Observe both revisions and take the next step.
     let replicas = md.spec.replicas;
-    let (desired_deployment, desired_pods) = observe(client, &ns, &name, &desired.snapshot.hash).await?;
-    let stable_observed = match &stable {
-        Some(s) => Some(observe(client, &ns, &name, &s.snapshot.hash).await?.0),
-        None => None,
-    };
+    let (desired_deployment, desired_pods) = observe(ctx, &ns, &name, &desired.snapshot.hash);
+    let stable_observed = stable.as_ref().map(|s| observe(ctx, &ns, &name, &s.snapshot.hash).0);
     let step = match &stable_observed {
         None => Step { desired: replicas, stable: 0 },
         Some(s) => plan::step(&md.spec.rollout, replicas, pods(desired_deployment.as_ref()), pods(s.as_ref())),
     };
     remove_revisions_except(
-        client,
+        ctx,
         &ns,
         &name,
         &[Some(&desired), stable.as_ref()].into_iter().flatten().collect::<Vec<_>>(),
@@ -135,6 +133,10 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
                 Verdict::Passed(seen) => {
                     succeed(md, ctx, &ns, &desired, &records, &seen).await?;
                     desired.outcome = Outcome::Active;
+                    // The replaced revision is drained: remove its workload now rather than
+                    // at the next reconcile, which nothing may trigger for a while (the
+                    // operator's own status write does not).
+                    remove_revisions_except(ctx, &ns, &name, &[&desired]).await?;
                 }
                 Verdict::Failed(why) => {
                     fail(md, ctx, &ns, &desired, stable.as_ref(), &(Reason::AnalysisFailed, why)).await?;
@@ -176,27 +178,20 @@ async fn spec_revision(
     ns: &str,
     records: &[RevisionRecord],
 ) -> Result<SpecRevision, Error> {
-    let client = &ctx.client;
-    let model = Api::<Model>::namespaced(client.clone(), ns).get_opt(&md.spec.model_ref.name).await?;
+    let model = ctx.caches.model(ns, &md.spec.model_ref.name);
     let profile_name =
         md.spec.placement.as_ref().and_then(|p| p.accelerator_profile_ref.as_ref()).map(|r| r.name.clone());
-    let profile = match profile_name {
-        Some(p) => Api::<AcceleratorProfile>::all(client.clone()).get_opt(&p).await?,
-        None => None,
-    };
-    let allows_unpinned = Api::<Namespace>::all(client.clone())
-        .get_opt(ns)
-        .await?
-        .is_some_and(|n| n.labels().get(validate::ALLOW_UNPINNED_LABEL).is_some_and(|v| v == "true"));
+    let profile = profile_name.and_then(|p| ctx.caches.profile(&p));
+    let allows_unpinned = ctx.caches.namespace_label(ns, validate::ALLOW_UNPINNED_LABEL).is_some_and(|v| v == "true");
     let validate::Validated { model, digest } =
-        match validate::check(md, model.as_ref(), profile.as_ref(), allows_unpinned) {
+        match validate::check(md, model.as_deref(), profile.as_deref(), allows_unpinned) {
             Ok(v) => v,
             Err(b) => return Ok(SpecRevision::Blocked(b)),
         };
-    let hash = build::revision_hash(md, model, &digest, profile.as_ref());
+    let hash = build::revision_hash(md, model, &digest, profile.as_deref());
     Ok(match plan::latest(records) {
         Some(latest) if latest.snapshot.hash == hash => SpecRevision::Recorded(latest.clone()),
-        _ => SpecRevision::New(Snapshot::of(md, model, &digest, profile.as_ref(), &hash)),
+        _ => SpecRevision::New(Snapshot::of(md, model, &digest, profile.as_deref(), &hash)),
     })
 }
 
@@ -253,14 +248,16 @@ async fn fail(
     let mut fields = revision_fields(&desired.snapshot, desired.number);
     fields["reason"] = json!(reason.as_str());
     fields["message"] = json!(message);
-    audit(ctx, md, "rollout-failed", fields.clone()).await?;
+    // The failure and what it causes, recorded together.
+    let mut records = vec![("rollout-failed", fields.clone())];
     if *reason == Reason::DigestMismatch {
-        audit(ctx, md, "model-verification-failed", fields).await?;
+        records.push(("model-verification-failed", fields));
     }
     if let Some(s) = stable.filter(|_| md.spec.rollback.automatic) {
         let rollback = json!({ "from": desired.number, "to": s.number, "reason": reason.as_str(), "message": message });
-        audit(ctx, md, "rollback-automatic", rollback).await?;
+        records.push(("rollback-automatic", rollback));
     }
+    audit_all(ctx, md, records).await?;
     let generation = md.metadata.generation.unwrap_or_default();
     let text = format!("{}: {message}", reason.as_str());
     store::set_outcome(&ctx.client, ns, desired, Outcome::Failed, Some(&text), None, Some(generation)).await?;
@@ -282,15 +279,15 @@ async fn hold(
     let rolled_back = stable.is_some() && md.spec.rollback.automatic;
     let (state, serving_available) = match stable.filter(|_| rolled_back) {
         Some(s) => {
-            remove_revisions_except(&ctx.client, ns, &name, &[s]).await?;
+            remove_revisions_except(ctx, ns, &name, &[s]).await?;
             let applied = apply_revision(ctx, md, s, md.spec.replicas, true).await?;
-            let (_, pods) = observe(&ctx.client, ns, &name, &s.snapshot.hash).await?;
+            let (_, pods) = observe(ctx, ns, &name, &s.snapshot.hash);
             let state = status::revision_state(Some(&applied), &pods, md.spec.replicas);
             let available = state.ready_replicas > 0;
             (state, available)
         }
         None => {
-            let (deployment, pods) = observe(&ctx.client, ns, &name, &desired.snapshot.hash).await?;
+            let (deployment, pods) = observe(ctx, ns, &name, &desired.snapshot.hash);
             (status::revision_state(deployment.as_ref(), &pods, md.spec.replicas), false)
         }
     };
@@ -403,20 +400,17 @@ async fn apply_revision(
     let children = build::build(&inputs);
     let ns = md.namespace().unwrap_or_default();
     if everything {
-        return controller::apply(&ctx.client, &ns, &md.name_any(), children).await;
+        return controller::apply(ctx, &ns, &md.name_any(), children).await;
     }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    controller::ssa(&Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns), &children.manifest, &params).await?;
-    controller::ssa(&Api::<Deployment>::namespaced(ctx.client.clone(), &ns), &children.workload, &params).await
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    controller::apply_child(ctx, &maps, &children.manifest, &ctx.caches.manifests).await?;
+    controller::apply_workload(ctx, &ns, &children.workload).await
 }
 
-/// A revision's worker Deployment and pods.
-async fn observe(client: &Client, ns: &str, name: &str, hash: &str) -> Result<(Option<Deployment>, Vec<Pod>), Error> {
-    let deployment =
-        Api::<Deployment>::namespaced(client.clone(), ns).get_opt(&labels::revision_name(name, hash)).await?;
-    let selector = format!("{}={name},{}={hash}", labels::DEPLOYMENT_LABEL, labels::REVISION_LABEL);
-    let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&ListParams::default().labels(&selector)).await?.items;
-    Ok((deployment, pods))
+/// A revision's worker Deployment and pods, as the watches last saw them.
+fn observe(ctx: &Context, ns: &str, name: &str, hash: &str) -> (Option<Deployment>, Vec<Pod>) {
+    let deployment = ctx.caches.deployment(ns, &labels::revision_name(name, hash)).map(|d| d.as_ref().clone());
+    (deployment, ctx.caches.pods(ns, name, hash))
 }
 
 fn pods(deployment: Option<&Deployment>) -> Pods {
@@ -430,21 +424,32 @@ fn pods(deployment: Option<&Deployment>) -> Pods {
 }
 
 /// Deletes the worker Deployments and manifests of every revision but `keep`.
-async fn remove_revisions_except(client: &Client, ns: &str, name: &str, keep: &[&RevisionRecord]) -> Result<(), Error> {
+async fn remove_revisions_except(ctx: &Context, ns: &str, name: &str, keep: &[&RevisionRecord]) -> Result<(), Error> {
     let hashes: Vec<&str> = keep.iter().map(|r| r.snapshot.hash.as_str()).collect();
-    let selector =
-        format!("{}={name},{} notin ({})", labels::DEPLOYMENT_LABEL, labels::REVISION_LABEL, hashes.join(","));
-    let lp = ListParams::default().labels(&selector);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for d in deployments.list(&lp).await?.items {
-        info!(deployment = %d.name_any(), "removing the worker Deployment of a revision that no longer serves");
-        deployments.delete(&d.name_any(), &DeleteParams::background()).await?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    for d in cache::other_revisions(&ctx.caches.deployments, ns, name, &hashes) {
+        info!(deployment = %d, "removing the worker Deployment of a revision that no longer serves");
+        delete(&deployments, &d).await?;
+        ctx.applier.forget::<Deployment>(ns, &d);
     }
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    for m in maps.list(&lp).await?.items {
-        maps.delete(&m.name_any(), &DeleteParams::background()).await?;
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for m in cache::other_revisions(&ctx.caches.manifests, ns, name, &hashes) {
+        delete(&maps, &m).await?;
+        ctx.applier.forget::<ConfigMap>(ns, &m);
     }
     Ok(())
+}
+
+/// Deletes in the background; already gone (the cache lags a deletion) is fine.
+async fn delete<K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
+    api: &Api<K>,
+    name: &str,
+) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn status_fields(
@@ -502,7 +507,18 @@ fn describe(snapshot: &Snapshot) -> String {
 }
 
 /// Appends one control-plane decision about `md` to the audit trail.
-async fn audit(ctx: &Context, md: &ModelDeployment, event: &str, mut fields: Value) -> Result<(), Error> {
+async fn audit(ctx: &Context, md: &ModelDeployment, event: &str, fields: Value) -> Result<(), Error> {
+    audit_all(ctx, md, vec![(event, fields)]).await
+}
+
+/// Appends decisions about `md` that belong together, as consecutive records.
+async fn audit_all(ctx: &Context, md: &ModelDeployment, decisions: Vec<(&str, Value)>) -> Result<(), Error> {
+    let records = decisions.into_iter().map(|(event, fields)| decision_record(md, event, fields)).collect();
+    ctx.audit.append_all(records).await?;
+    Ok(())
+}
+
+fn decision_record(md: &ModelDeployment, event: &str, mut fields: Value) -> Value {
     // One decision per (object, generation, event, revision): what a retry after a crash
     // between auditing and acting repeats, and the audit trail records once.
     let subject = [&fields["revision"], &fields["from"], &fields["revisions"]]
@@ -519,8 +535,7 @@ async fn audit(ctx: &Context, md: &ModelDeployment, event: &str, mut fields: Val
         obj.insert("modelDeployment".into(), json!(md.name_any()));
         obj.insert("uid".into(), json!(md.uid()));
     }
-    ctx.audit.append(fields).await?;
-    Ok(())
+    fields
 }
 
 async fn event(ctx: &Context, md: &ModelDeployment, type_: EventType, reason: Reason, note: String) {

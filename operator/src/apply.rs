@@ -1,0 +1,138 @@
+//! Server-side apply that skips what is already as desired, and tells the watches which
+//! events are only the echo of the operator's own writes.
+//!
+//! Every child is applied with one field manager and `force`, so an apply also restores a
+//! field someone edited. An apply of an unchanged object is still a write request the API
+//! server must decode, merge and compare; with a thousand ModelDeployments, and every child
+//! event re-queueing its owner, those no-op applies were most of the operator's calls. So
+//! this remembers, per child, the desired object's hash and a fingerprint of the object the
+//! apply returned: its generation (which moves with every change to the spec, but not with
+//! status updates) or, for kinds without one, its resourceVersion; plus the values of the
+//! labels and annotations the operator sets (not those others add, such as the
+//! Deployment controller's revision annotation) and the owners. The apply is skipped while the cached child still has that
+//! fingerprint and the desired object has not changed. Anyone else's change to the spec or
+//! metadata, or a deletion, changes the fingerprint, and the next reconcile applies again.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::controller::FIELD_MANAGER;
+use crate::error::Error;
+
+/// A child: kind, namespace, name.
+type Key = (String, String, String);
+
+#[derive(Default)]
+pub struct Applier {
+    last: Mutex<HashMap<Key, Applied>>,
+}
+
+struct Applied {
+    desired: u64,
+    /// The label and annotation keys the operator sets on the child.
+    keys: Keys,
+    fingerprint: u64,
+    resource_version: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Keys {
+    labels: Vec<String>,
+    annotations: Vec<String>,
+}
+
+/// What an apply did.
+pub enum Outcome<K, C> {
+    /// The API server's copy after the apply.
+    Applied(K),
+    /// Nothing to do: the child is as this replica last applied it; here is the cached copy.
+    Unchanged(Arc<C>),
+}
+
+impl Applier {
+    /// Applies `obj` unless the child's cached copy `current` (full or metadata only;
+    /// `None` when absent) is at the resourceVersion of the last apply of this same `obj`.
+    pub async fn apply<K, C>(&self, api: &Api<K>, obj: &K, current: Option<Arc<C>>) -> Result<Outcome<K, C>, Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+        C: Resource,
+    {
+        let key = key::<K>(obj.namespace().unwrap_or_default(), obj.name_any());
+        let desired = hash(obj)?;
+        if let Some(current) = current {
+            let last = self
+                .lock()
+                .get(&key)
+                .map(|a| a.desired == desired && a.fingerprint == fingerprint(current.meta(), &a.keys));
+            if last == Some(true) {
+                return Ok(Outcome::Unchanged(current));
+            }
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = api.patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?;
+        let keys = Keys {
+            labels: obj.meta().labels.iter().flatten().map(|(k, _)| k.clone()).collect(),
+            annotations: obj.meta().annotations.iter().flatten().map(|(k, _)| k.clone()).collect(),
+        };
+        let record = Applied {
+            desired,
+            fingerprint: fingerprint(applied.meta(), &keys),
+            keys,
+            resource_version: applied.resource_version(),
+        };
+        self.lock().insert(key, record);
+        Ok(Outcome::Applied(applied))
+    }
+
+    /// Whether a watch event shows a child of kind `K` as this replica's last apply left
+    /// it: the very object the apply returned or, with `ignore_status`, one that differs
+    /// from it only in status. Such an event need not trigger a reconcile.
+    pub fn is_echo<K: Resource<DynamicType = ()>>(&self, meta: &ObjectMeta, ignore_status: bool) -> bool {
+        let key = key::<K>(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+        self.lock().get(&key).is_some_and(|a| match ignore_status {
+            true => a.fingerprint == fingerprint(meta, &a.keys),
+            false => a.resource_version.is_some() && a.resource_version == meta.resource_version,
+        })
+    }
+
+    /// Forgets a child that was deleted.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, ns: &str, name: &str) {
+        self.lock().remove(&key::<K>(ns.to_owned(), name.to_owned()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Applied>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn key<K: Resource<DynamicType = ()>>(ns: String, name: String) -> Key {
+    (K::kind(&()).into_owned(), ns, name)
+}
+
+/// What identifies a child's spec and the metadata the operator sets, but not its status.
+fn fingerprint(meta: &ObjectMeta, keys: &Keys) -> u64 {
+    let mut h = DefaultHasher::new();
+    match meta.generation {
+        Some(generation) => generation.hash(&mut h),
+        None => meta.resource_version.hash(&mut h),
+    }
+    for (keys, values) in [(&keys.labels, &meta.labels), (&keys.annotations, &meta.annotations)] {
+        for k in keys {
+            values.as_ref().and_then(|v| v.get(k)).hash(&mut h);
+        }
+    }
+    meta.owner_references.as_ref().map(|o| o.iter().map(|r| r.uid.as_str()).collect::<Vec<_>>()).hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
+fn hash<K: serde::Serialize>(obj: &K) -> Result<u64, Error> {
+    let bytes = serde_json::to_vec(obj).map_err(|e| Error::Serialize(e.to_string()))?;
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    Ok(h.finish())
+}
