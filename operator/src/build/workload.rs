@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount, Toleration};
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use taimatsu_core::{EngineKind, ModelFormat};
+use taimatsu_core::{EngineKind, ModelFormat, ParameterCount, memory_fit};
 use taimatsu_crds::v1alpha1::{RolloutStrategy, SecretKeyRef};
 
 use super::labels::{self, API_PORT, METRICS_PORT};
@@ -249,11 +249,19 @@ fn worker_container(inputs: &Inputs<'_>, gpus: i32) -> Value {
         }
         EngineKind::Builtin => {
             let threads = spec.engine.threads.unwrap_or(2);
+            // Slots and context are rendered, not left to the worker's defaults, because the
+            // memory limit is computed from them: a KV cache the limit does not cover gets
+            // the worker OOM-killed while it loads.
+            let context = builtin_context(inputs);
             args.push(format!("--threads={threads}"));
+            args.push(format!("--parallel={BUILTIN_SLOTS}"));
+            args.push(format!("--context-len={context}"));
             if inputs.model.spec.format == ModelFormat::Gguf {
                 args.push(format!("--gguf-type={}", spec.quantization));
             }
-            let memory = format!("{}Mi", 512 + model_bytes(inputs) / (1 << 20) * 3 / 2);
+            let parameters = inputs.model.spec.parameters.parse().unwrap_or(ParameterCount(0));
+            let bytes = u64::try_from(model_bytes(inputs)).unwrap_or(0);
+            let memory = format!("{}Mi", memory_fit::builtin_worker_mib(parameters, bytes, BUILTIN_SLOTS, context));
             json!({ "requests": { "cpu": threads, "memory": memory }, "limits": { "memory": memory } })
         }
     };
@@ -306,6 +314,16 @@ pub fn gpus_per_replica(inputs: &Inputs<'_>) -> i32 {
         return 0;
     }
     inputs.deployment.spec.placement.as_ref().map_or(1, |p| p.gpus())
+}
+
+/// Sequences the built-in engine decodes together.
+const BUILTIN_SLOTS: u32 = 8;
+
+/// The built-in engine's context per sequence: `engine.maxModelLen`, else the model's, at
+/// most 4096 (the worker's own default).
+fn builtin_context(inputs: &Inputs<'_>) -> u32 {
+    let model = u32::try_from(inputs.model.spec.context_length).unwrap_or(4096).min(4096);
+    inputs.deployment.spec.engine.max_model_len.and_then(|n| u32::try_from(n).ok()).unwrap_or(model).max(1)
 }
 
 fn model_bytes(inputs: &Inputs<'_>) -> i64 {
