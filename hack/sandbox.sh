@@ -8,16 +8,25 @@
 # What runs: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
 # scheduler from Kubernetes' Go modules) with fake GPU nodes (kwok); Taimatsu's CRDs; the
 # operator (leader election, admission webhook, control-plane audit trail); an in-house
-# HTTPS model mirror holding SmolLM2 from its PyPI package; and the pod runner, which runs
-# the worker pods the operator renders as local processes (a development shortcut for a
-# kubelet: see the README). The demo then shows the deployed model answering, a rollout
-# to a changed revision, a manual rollback, the revision history and `audit verify`.
+# HTTPS model mirror holding SmolLM2 from its PyPI package; and a node for the worker pods
+# the operator renders. The demo then shows the deployed model answering, a rollout to a
+# changed revision, a manual rollback, the revision history and `audit verify`.
+#
+# The node, chosen by TAIMATSU_NODE:
+#   real   a real kubelet with containerd and runc (hack/real-node.sh, docs/real-node.md): the
+#          pods run as containers of the worker image, on the pod network 10.85.0.0/24.
+#          Needs root. Fails if the node cannot be brought up.
+#   local  (default) the pod runner: worker pods as local processes (a development shortcut
+#          for a kubelet: see the README).
+#   auto   real, and if that fails, says what failed and falls back to local.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 STATE="$CACHE_DIR/sandbox"
 PIDFILE="$STATE/sandbox.pid"
 NS=taimatsu-demo
 MD=smollm2-chat
+NODE_MODE="${TAIMATSU_NODE:-local}"
+case "$NODE_MODE" in real|local|auto) ;; *) log "TAIMATSU_NODE must be real, local or auto"; exit 2 ;; esac
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 use_sandbox() {
@@ -28,9 +37,14 @@ use_sandbox() {
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 chat() {
-  local endpoint
-  endpoint=$(kubectl get pods -n "$NS" -l "taimatsu.dev/model-deployment=$MD" \
+  local endpoint selector=(-n "$NS" -l "taimatsu.dev/model-deployment=$MD")
+  # The pod runner publishes its local endpoint; on a real node the pod IP is routable.
+  endpoint=$(kubectl get pods "${selector[@]}" \
     -o jsonpath='{.items[?(@.status.phase=="Running")].metadata.annotations.sandbox\.taimatsu\.dev/endpoint}' | awk '{print $1}')
+  if [ -z "$endpoint" ]; then
+    endpoint=$(kubectl get pods "${selector[@]}" -o jsonpath='{.items[?(@.status.phase=="Running")].status.podIP}' | awk '{print $1}')
+    [ -z "$endpoint" ] || endpoint="http://$endpoint:8000"
+  fi
   [ -n "$endpoint" ] || { log "no running worker pod"; return 1; }
   printf '\n\033[1m$ curl %s/v1/chat/completions\033[0m  (the worker pod the operator rendered)\n' "$endpoint"
   curl -sS --fail-with-body "$endpoint/v1/chat/completions" -H 'Content-Type: application/json' \
@@ -95,18 +109,13 @@ PY
   echo "Stop it: hack/sandbox.sh down"
 }
 
-up() {
-  if running; then log "sandbox already running (pid $(cat "$PIDFILE"))"; demo; return; fi
-  require_toolchains
-  ensure_apt ca-certificates git cmake clang libclang-dev curl
-  hack/build-cluster-bins.sh >/dev/null
-  local models
-  models="$(hack/models.sh)"
-  log "building the operator, the worker, kubectl-taimatsu and the sandbox launcher"
-  cargo build --locked -q -p taimatsu-operator -p taimatsu-inference-worker -p taimatsu-tests --bins
+# Starts the sandbox process (control plane, operator, mirror; the pod runner for a local
+# node) and waits for it. $1: real or local.
+start_sandbox() {
   # A new control plane starts a new audit chain: nothing of an earlier sandbox is kept.
   rm -rf "$STATE"; mkdir -p "$STATE"
-  TAIMATSU_CLUSTER_BIN_DIR="$CLUSTER_BIN_DIR" TAIMATSU_MODELS_DIR="$models" \
+  echo "$1" >"$STATE/node"
+  TAIMATSU_NODE="$1" TAIMATSU_CLUSTER_BIN_DIR="$CLUSTER_BIN_DIR" TAIMATSU_MODELS_DIR="$MODELS" \
     TAIMATSU_OPERATOR_BIN="$REPO_ROOT/target/debug/taimatsu-operator" \
     TAIMATSU_WORKER_BIN="$REPO_ROOT/target/debug/inference-worker" \
     setsid nohup target/debug/taimatsu-sandbox "$STATE" >"$STATE/sandbox.log" 2>&1 &
@@ -119,10 +128,54 @@ up() {
   done
   [ -f "$STATE/ready" ] || { log "sandbox not ready after 5 minutes; see $STATE/sandbox.log"; exit 1; }
   log "sandbox ready: $(cat "$STATE/ready")"
+}
+
+# The real node's images (the worker image holds the release build of the worker), built
+# before the control plane starts so that a machine that cannot run them fails early.
+prepare_real_node() {
+  if [ -z "${TAIMATSU_IMAGE_WORKER_BIN:-}" ]; then  # (else: that binary goes in the image)
+    log "building the release worker for the worker image"
+    cargo build --release --locked -q -p taimatsu-inference-worker --bin inference-worker || return 1
+  fi
+  # A node left by a sandbox that did not stop cleanly belongs to a control plane that is gone.
+  hack/real-node.sh down >/dev/null 2>&1 || true
+  hack/real-node.sh images
+}
+
+# Says what failed, in the real node's own words, and whether the pod runner takes over.
+real_node_failed() {
+  log "the real node failed: $1 (node logs: $CACHE_DIR/real-node/logs/)"
+  [ "$NODE_MODE" = auto ] || exit 1
+  log "falling back to the pod runner (TAIMATSU_NODE=local); TAIMATSU_NODE=real makes this fatal"
+}
+
+up() {
+  if running; then log "sandbox already running (pid $(cat "$PIDFILE"))"; demo; return; fi
+  require_toolchains
+  ensure_apt ca-certificates git cmake clang libclang-dev curl
+  hack/build-cluster-bins.sh >/dev/null
+  MODELS="$(hack/models.sh)"
+  log "building the operator, the worker, kubectl-taimatsu and the sandbox launcher"
+  cargo build --locked -q -p taimatsu-operator -p taimatsu-inference-worker -p taimatsu-tests --bins
+  local node=local
+  if [ "$NODE_MODE" != local ]; then
+    if prepare_real_node; then node=real; else real_node_failed "building or importing its images (output above)"; fi
+  fi
+  start_sandbox "$node"
+  if [ "$node" = real ]; then
+    if ! hack/real-node.sh up "$(cat "$STATE/kubeconfig.path")"; then
+      real_node_failed "the kubelet did not join (output above)"
+      hack/real-node.sh down || true
+      down
+      start_sandbox local
+    fi
+  fi
   demo
 }
 
 down() {
+  # The kubelet and containerd outlive the sandbox process: stop them first.
+  if [ "$(cat "$STATE/node" 2>/dev/null)" = real ]; then hack/real-node.sh down; fi
   if running; then kill "$(cat "$PIDFILE")"; log "sandbox stopped"; else log "sandbox not running"; fi
   rm -f "$PIDFILE" "$STATE/ready"
 }

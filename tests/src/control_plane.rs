@@ -197,6 +197,9 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 // 127.0.0.1 may not be published as the kubernetes Service's endpoint.
                 "--endpoint-reconciler-type=none".into(),
+                // Reach kubelets (`kubectl logs`) at their node IP: node names do not resolve
+                // here (hack/real-node.sh's node listens on its bridge address).
+                "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
                 "--v=1".into(),
             ],
         )

@@ -3,7 +3,12 @@
 //! model files, and the [`PodRunner`] that runs the worker pods the operator renders.
 //! Used by the sandbox (`hack/sandbox.sh`) and by the end-to-end test, so the README's
 //! demo and the test exercise the same assembly.
+//!
+//! With a real node (`hack/real-node.sh`: kubelet, containerd, runc) the pods run as
+//! containers instead: [`SandboxOptions::real_node`] leaves the pod runner out and serves
+//! the mirror where pods reach it, the node's bridge address.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -34,6 +39,29 @@ pub struct SandboxConfig {
     pub state_dir: PathBuf,
 }
 
+/// How worker pods run, and so where the mirror must be reachable from.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// Run the [`PodRunner`] (node `sandbox-local`). Off when a real kubelet runs the pods.
+    pub pod_runner: bool,
+    /// The address pods reach the mirror at, when they run in their own network namespaces
+    /// (a real node's bridge gateway, `10.85.0.1` with `hack/real-node.sh`). The mirror then
+    /// listens on every address and its certificate names this one; `None`: 127.0.0.1 only.
+    pub mirror_ip: Option<IpAddr>,
+}
+
+impl SandboxOptions {
+    /// The pod runner plays the kubelet; everything on loopback. What [`Sandbox::start`] uses.
+    pub fn pod_runner() -> Self {
+        SandboxOptions { pod_runner: true, mirror_ip: None }
+    }
+
+    /// A real kubelet (`hack/real-node.sh`) runs the pods; they reach the mirror at `bridge_ip`.
+    pub fn real_node(bridge_ip: IpAddr) -> Self {
+        SandboxOptions { pod_runner: false, mirror_ip: Some(bridge_ip) }
+    }
+}
+
 /// A running assembly; its processes and tasks stop when it is dropped or the process exits.
 pub struct Sandbox {
     /// Base URL of the model mirror, e.g. `https://127.0.0.1:41000`.
@@ -59,7 +87,18 @@ impl Drop for Sandbox {
 impl Sandbox {
     /// Installs the CRDs and the operator's RBAC, moves CPU-only workloads off kwok's fake
     /// CPU node onto the pod runner's, and starts the mirror, the operator and the runner.
+    /// (With [`SandboxOptions::real_node`] they go to the real node, which joins separately.)
     pub async fn start(cp: &ControlPlane, client: &Client, config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        Self::start_with(cp, client, config, SandboxOptions::pod_runner()).await
+    }
+
+    /// [`Self::start`], with the pod runner and the mirror's address as `options` say.
+    pub async fn start_with(
+        cp: &ControlPlane,
+        client: &Client,
+        config: SandboxConfig,
+        options: SandboxOptions,
+    ) -> anyhow::Result<Sandbox> {
         crds::ensure_installed(client).await?;
         rbac::grant_operator_rbac(client, "default").await?;
         // kwok would mark a worker pod on its CPU node Ready without running anything.
@@ -68,7 +107,7 @@ impl Sandbox {
             .patch("cpu-0", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
             .await?;
 
-        let (mirror_url, mirror_ca, mirror) = serve_mirror(config.models_dir.clone()).await?;
+        let (mirror_url, mirror_ca, mirror) = serve_mirror(config.models_dir.clone(), options.mirror_ip).await?;
         let webhook_port = free_port()?;
         register_webhook(client, webhook_port).await?;
         std::fs::create_dir_all(&config.state_dir)?;
@@ -96,13 +135,16 @@ impl Sandbox {
         })
         .await?;
 
-        let runner = PodRunner::new(client.clone(), config.worker_bin.clone(), config.state_dir.join("pods"));
-        let runner = tokio::spawn(async move {
-            if let Err(e) = runner.run().await {
-                eprintln!("pod runner stopped: {e:#}");
-            }
-        });
-        Ok(Sandbox { mirror_url, mirror_ca, audit_log, operator_log, operator, tasks: vec![mirror, runner] })
+        let mut tasks = vec![mirror];
+        if options.pod_runner {
+            let runner = PodRunner::new(client.clone(), config.worker_bin.clone(), config.state_dir.join("pods"));
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = runner.run().await {
+                    eprintln!("pod runner stopped: {e:#}");
+                }
+            }));
+        }
+        Ok(Sandbox { mirror_url, mirror_ca, audit_log, operator_log, operator, tasks })
     }
 
     /// examples/quickstart/model.yaml with its source pointed at this sandbox's mirror, and
@@ -146,11 +188,28 @@ pub async fn register_webhook(client: &Client, port: u16) -> anyhow::Result<()> 
 
 /// An HTTPS file server for the model directories ([`MIRRORED`]) with a private CA, like an
 /// in-house mirror. Returns its base URL, its CA's PEM and the task.
-async fn serve_mirror(models_dir: PathBuf) -> anyhow::Result<(String, String, tokio::task::JoinHandle<()>)> {
+///
+/// On 127.0.0.1, or, with `pod_ip` (the address pods in their own network namespaces reach
+/// this host at), on every address with `pod_ip` in the URL and the certificate. Every
+/// address rather than `pod_ip` alone: the real node's bridge may come up after the mirror.
+async fn serve_mirror(
+    models_dir: PathBuf,
+    pod_ip: Option<IpAddr>,
+) -> anyhow::Result<(String, String, tokio::task::JoinHandle<()>)> {
     let app = Router::new().route("/{model}/{file}", get(mirror_file)).with_state(models_dir);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let url = format!("https://{}", listener.local_addr()?);
-    let (ca_pem, config) = crate::tls::loopback_server_config()?;
+    let (listener, url, tls) = match pod_ip {
+        None => {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+            let url = format!("https://{}", listener.local_addr()?);
+            (listener, url, crate::tls::loopback_server_config()?)
+        }
+        Some(ip) => {
+            let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
+            let url = format!("https://{}", std::net::SocketAddr::new(ip, listener.local_addr()?.port()));
+            (listener, url, crate::tls::server_config(&[ip.to_string()])?)
+        }
+    };
+    let (ca_pem, config) = tls;
     Ok((url, ca_pem, crate::tls::serve(listener, config, app)))
 }
 

@@ -1,5 +1,5 @@
 //! HTTPS for test servers (the sandbox's model mirror): a private CA and a certificate for
-//! 127.0.0.1, and an axum app served over rustls.
+//! 127.0.0.1 (and any further names asked for), and an axum app served over rustls.
 
 use std::sync::Arc;
 
@@ -11,14 +11,22 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A CA (its PEM, for clients) and a rustls server configuration for 127.0.0.1 and localhost.
 pub fn loopback_server_config() -> anyhow::Result<(String, rustls::ServerConfig)> {
+    server_config(&[])
+}
+
+/// Like [`loopback_server_config`], with `extra_names` (IP addresses or DNS names) in the
+/// certificate too: the sandbox's mirror as pods on a real node reach it, at the node's
+/// bridge address (`hack/real-node.sh`).
+pub fn server_config(extra_names: &[String]) -> anyhow::Result<(String, rustls::ServerConfig)> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name.push(DnType::CommonName, "taimatsu-sandbox-mirror-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let leaf_key = KeyPair::generate()?;
-    let leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?.signed_by(&leaf_key, &ca)?;
+    let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    names.extend(extra_names.iter().cloned());
+    let leaf = CertificateParams::new(names)?.signed_by(&leaf_key, &ca)?;
     let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| anyhow::anyhow!(e))?;
     let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca.der().clone()];
     let provider = Arc::new(rustls::crypto::ring::default_provider());

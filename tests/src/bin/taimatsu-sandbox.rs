@@ -6,15 +6,18 @@
 //! writes and then runs the demo.
 //!
 //! Environment: TAIMATSU_OPERATOR_BIN, TAIMATSU_WORKER_BIN, TAIMATSU_MODELS_DIR (set by
-//! hack/sandbox.sh).
+//! hack/sandbox.sh). With TAIMATSU_NODE=real no pod runner starts: `hack/real-node.sh`
+//! joins a real kubelet to this control plane once it is ready, and the mirror listens where
+//! that node's pods reach it (TAIMATSU_MIRROR_IP, default the node's bridge, 10.85.0.1).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use taimatsu_tests::sandbox::{Sandbox, SandboxConfig};
+use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
 use taimatsu_tests::{ControlPlane, apply, repo_root};
 
 /// Namespace the example models and deployments are applied to.
@@ -37,7 +40,14 @@ async fn main() -> anyhow::Result<()> {
         models_dir: env_path("TAIMATSU_MODELS_DIR")?,
         state_dir: dir.join("state"),
     };
-    let sandbox = Sandbox::start(&cp, &client, config).await?;
+    let real_node = std::env::var("TAIMATSU_NODE").is_ok_and(|v| v == "real");
+    let options = if real_node {
+        let ip: IpAddr = std::env::var("TAIMATSU_MIRROR_IP").as_deref().unwrap_or("10.85.0.1").parse()?;
+        SandboxOptions::real_node(ip)
+    } else {
+        SandboxOptions::pod_runner()
+    };
+    let sandbox = Sandbox::start_with(&cp, &client, config, options).await?;
     println!("operator log: {}", sandbox.operator_log.display());
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -63,8 +73,14 @@ async fn main() -> anyhow::Result<()> {
     // The quickstart, served for real: its Model points at this sandbox's mirror.
     let model = sandbox.quickstart_model(&client, DEMO_NAMESPACE).await?;
     applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&model)?).await?.len();
-    let deployment = std::fs::read_to_string(repo_root().join("examples/quickstart/deployment.yaml"))?;
-    applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &deployment).await?.len();
+    let mut deployment: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("examples/quickstart/deployment.yaml"))?)?;
+    if real_node {
+        // The real node has the machine's CPUs (2 on the CI machines) and each worker asks
+        // for `threads` of them: a surge pod would stay Pending, so replace instead.
+        deployment["spec"]["rollout"] = json!({ "maxSurge": 0, "maxUnavailable": 1 });
+    }
+    applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&deployment)?).await?.len();
 
     std::fs::write(dir.join("kubeconfig.path"), cp.kubeconfig("taimatsu-admin").display().to_string())?;
     std::fs::write(dir.join("audit.path"), sandbox.audit_log.display().to_string())?;

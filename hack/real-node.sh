@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# A real Kubernetes node for the sandbox and the tests: the kubelet built from Kubernetes'
+# Go modules (hack/build-cluster-bins.sh) with containerd, runc and the CNI plugins from
+# Debian, running the worker pods the operator renders as real containers. See
+# docs/real-node.md for what it is and is not.
+#
+#   hack/real-node.sh up [KUBECONFIG]  install what is missing, start containerd, import the
+#                                      images, start the kubelet against KUBECONFIG (default:
+#                                      $KUBECONFIG) and wait until the node is Ready
+#   hack/real-node.sh images           (re)build the pause and worker images and import them
+#   hack/real-node.sh status
+#   hack/real-node.sh down             stop the kubelet and containerd, remove pods, mounts,
+#                                      network state; `up` works again afterwards
+#
+# Needs root (it runs containerd and a kubelet) and cgroups v1 or v2. Nothing is pulled:
+# both images are built here from local files and imported as OCI archives.
+#
+# Environment:
+#   TAIMATSU_NODE_NAME        node name (default sandbox-node)
+#   TAIMATSU_IMAGE_WORKER_BIN the inference-worker binary put in the worker image
+#                             (default: target/release/inference-worker, built if missing)
+#   TAIMATSU_WORKER_IMAGE     the worker image's name; must be what the operator renders
+#                             (its --worker-image default, below)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+NODE_NAME="${TAIMATSU_NODE_NAME:-sandbox-node}"
+WORKER_IMAGE="${TAIMATSU_WORKER_IMAGE:-registry.local/taimatsu/inference-worker:0.1.0}"
+# Our own pause image, named in containerd's sandbox_image: nothing is ever pulled.
+PAUSE_IMAGE="registry.local/taimatsu/pause:0.1.0"
+# Pod network: one bridge, pods in 10.85.0.0/24. The gateway address is the host's own on
+# the bridge: the kubelet listens there (not on the machine's external interface) and the
+# sandbox's model mirror can bind it so that pods reach it.
+BRIDGE=taimatsu0
+POD_SUBNET=10.85.0.0/24
+GATEWAY=10.85.0.1
+CNI_BIN_DIR=/usr/lib/cni   # Debian's containernetworking-plugins (containerd defaults to /opt/cni/bin)
+KUBELET_PORT=10250
+
+# Kept between runs (the image store, built archives, logs) vs. thrown away by `down`.
+# Resolved: the unmounting in `down` compares with /proc/mounts, which has real paths.
+STATE="$(realpath -m "$CACHE_DIR/real-node")"
+CONTAINERD_ROOT="$STATE/containerd"
+IMAGES_DIR="$STATE/images"
+LOGS="$STATE/logs"
+ETC="$STATE/etc"
+KUBELET_ROOT="$STATE/kubelet"
+IPAM_DIR="$STATE/cni-ipam"
+# Runtime state (sockets, runc bundles, pid files): short paths, unix socket names are
+# limited to 108 bytes.
+RUN=/run/taimatsu-node
+SOCK="$RUN/containerd.sock"
+
+ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
+kubectl_() { "$CLUSTER_BIN_DIR/kubectl" --kubeconfig "$(cat "$RUN/kubeconfig.path")" "$@"; }
+alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+die() { log "$*"; exit 1; }
+
+# --- prerequisites ------------------------------------------------------------------------
+
+install_packages() {
+  [ "$(id -u)" -eq 0 ] || die "the real node needs root (containerd, runc, the kubelet's mounts and cgroups)"
+  # iptables: the bridge CNI plugin calls it; mount/util-linux and iproute2 are used below.
+  ensure_apt containerd runc containernetworking-plugins iptables iproute2 gcc libc6-dev
+  [ -x "$CLUSTER_BIN_DIR/kubelet" ] || hack/build-cluster-bins.sh >/dev/null
+}
+
+# --- images -------------------------------------------------------------------------------
+
+# The pause image: our own static PID 1 (images/pause/pause.c), nothing else.
+build_pause_image() {
+  local root="$IMAGES_DIR/pause-rootfs"
+  rm -rf "$root"; mkdir -p "$root"
+  gcc -static -Os -s -Wall -Wextra -Werror -o "$root/pause" images/pause/pause.c
+  images/build-oci.py --rootfs "$root" --name "$PAUSE_IMAGE" --out "$IMAGES_DIR/pause.tar" \
+    --entrypoint /pause --user 65535:65535 >/dev/null
+}
+
+# The worker image: the release inference-worker (it is both the `fetch` init container and
+# the `serve` container: the operator renders only args, the entrypoint is the binary), the
+# shared libraries ldd names plus the loader, CA certificates (the fetch step's HTTPS uses
+# the system roots besides --ca-bundle), and /etc/passwd with the UID the pods run as.
+build_worker_image() {
+  local bin="${TAIMATSU_IMAGE_WORKER_BIN:-$REPO_ROOT/target/release/inference-worker}"
+  if [ -n "${TAIMATSU_IMAGE_WORKER_BIN:-}" ]; then
+    [ -x "$bin" ] || die "TAIMATSU_IMAGE_WORKER_BIN=$bin is not an executable"
+  elif [ ! -x "$bin" ]; then
+    log "building the release inference-worker for the worker image"
+    cargo build --release --locked -q -p taimatsu-inference-worker --bin inference-worker
+  fi
+  local root="$IMAGES_DIR/worker-rootfs"
+  rm -rf "$root"; mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp"
+  cp "$bin" "$root/usr/local/bin/inference-worker"
+  # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)";
+  # linux-vdso has no file. cp -L: the file itself, under the name the loader asks for.
+  local lib
+  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+  cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+  images/build-oci.py --rootfs "$root" --name "$WORKER_IMAGE" --out "$IMAGES_DIR/worker.tar" \
+    --entrypoint /usr/local/bin/inference-worker --user 65532:65532 --expose 8000 --expose 9090 \
+    --label org.opencontainers.image.title=taimatsu-inference-worker >/dev/null
+  # Fail here, not in a pod, if a library is missing: run the binary on the image's own files.
+  chroot "$root" /usr/local/bin/inference-worker --version >/dev/null ||
+    die "the worker image's rootfs cannot run inference-worker (missing library?)"
+}
+
+# Imports an archive unless containerd already has exactly that manifest under the name.
+import_image() {
+  local archive="$1" name="$2" want have
+  want=$(tar -xOf "$archive" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])')
+  have=$(ctr_ images ls "name==$name" 2>/dev/null | awk 'NR==2 {print $3}')
+  if [ "$want" = "$have" ]; then log "image $name is up to date ($want)"; return; fi
+  ctr_ images import "$archive" >/dev/null
+  log "imported $name ($want)"
+}
+
+images() {
+  mkdir -p "$IMAGES_DIR"
+  build_pause_image
+  build_worker_image
+  import_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE"
+  import_image "$IMAGES_DIR/worker.tar" "$WORKER_IMAGE"
+}
+
+# --- configuration ------------------------------------------------------------------------
+
+write_containerd_config() {
+  cat >"$ETC/containerd.toml" <<EOF
+# Written by hack/real-node.sh. containerd 1.6 (Debian) with its CRI plugin, for one kubelet.
+version = 2
+root = "$CONTAINERD_ROOT"
+state = "$RUN/containerd"
+[grpc]
+  address = "$SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  # Our own pause image (hack/real-node.sh images); the default registry.k8s.io/pause
+  # cannot be pulled here.
+  sandbox_image = "$PAUSE_IMAGE"
+  # These VMs withhold CAP_SYS_RESOURCE even from root, so no process may lower its
+  # oom_score_adj; CRI's pod sandboxes ask for -998 and runc's init then dies with
+  # "failed to update /proc/self/oom_score_adj: Permission denied". Clamp to containerd's own.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        # The kubelet uses the cgroupfs driver (no systemd on these machines).
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN_DIR"
+    conf_dir = "$ETC/cni"
+EOF
+}
+
+# One bridge network. containerd adds the loopback interface itself (with the loopback
+# plugin from bin_dir). No masquerading: pods reach the host (the mirror) and each other,
+# nothing beyond, which is what an air-gapped sandbox wants.
+write_cni_config() {
+  mkdir -p "$ETC/cni"
+  cat >"$ETC/cni/10-taimatsu.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "taimatsu-node",
+  "plugins": [{
+    "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    "ipam": { "type": "host-local", "dataDir": "$IPAM_DIR",
+              "ranges": [[{ "subnet": "$POD_SUBNET", "gateway": "$GATEWAY" }]],
+              "routes": [{ "dst": "0.0.0.0/0" }] }
+  }]
+}
+EOF
+}
+
+write_kubelet_config() {
+  cat >"$ETC/kubelet.yaml" <<EOF
+# Written by hack/real-node.sh.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# These machines have cgroups v1; Kubernetes 1.35 refuses it unless told (KEP-5573).
+failCgroupV1: false
+cgroupDriver: cgroupfs
+failSwapOn: false
+containerRuntimeEndpoint: unix://$SOCK
+# Listen on the bridge address only: reachable from this host and its pods, not outside.
+address: $GATEWAY
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+# The sandbox's API server has no kubelet client certificate; kubectl logs/exec reach the
+# kubelet anonymously. Acceptable only because it listens on the host-only bridge.
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+# Lowering the kubelet's own OOM score needs CAP_SYS_RESOURCE, which these VMs withhold.
+oomScoreAdj: 0
+podLogsDir: $STATE/pod-logs
+maxPods: 20
+# A development machine's disk is shared: never evict or GC for disk pressure here.
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+EOF
+}
+
+# --- host state the kubelet and the bridge plugin change ------------------------------------
+
+# The kubelet sets kernel tunables (panic on oops, overcommit) and the bridge plugin turns on
+# IP forwarding: remember the machine's values so `down` puts them back.
+SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops net.ipv4.ip_forward"
+save_sysctls() {
+  [ -f "$STATE/sysctl.saved" ] && return
+  local k; for k in $SYSCTLS; do echo "$k=$(sysctl -n "$k")"; done >"$STATE/sysctl.saved"
+}
+restore_sysctls() {
+  [ -f "$STATE/sysctl.saved" ] || return 0
+  sysctl -q -p "$STATE/sysctl.saved" >/dev/null && rm -f "$STATE/sysctl.saved"
+}
+
+# The bridge exists before any pod, so the mirror can bind the gateway address and the
+# kubelet can listen on it; the bridge plugin adopts it.
+ensure_bridge() {
+  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+  ip addr show dev "$BRIDGE" | grep -q "inet $GATEWAY/" || ip addr add "$GATEWAY/${POD_SUBNET#*/}" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
+# --- processes ----------------------------------------------------------------------------
+
+# Starts a daemon detached from this shell (it outlives `up`), its pid in $RUN/NAME.pid.
+start_daemon() {
+  local name="$1"; shift
+  # The daemon writes its own pid: $! is setsid's, which differs when setsid has to fork.
+  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$name.pid" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  for _ in $(seq 1 50); do [ -s "$RUN/$name.pid" ] && return; sleep 0.1; done
+}
+
+stop_daemon() {
+  local name="$1"
+  alive "$name" || { rm -f "$RUN/$name.pid"; return 0; }
+  local pid; pid=$(cat "$RUN/$name.pid")
+  kill "$pid"
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  rm -f "$RUN/$name.pid"
+  log "$name stopped"
+}
+
+start_containerd() {
+  if alive containerd; then return; fi
+  rm -f "$RUN/containerd.pid"
+  start_daemon containerd containerd --config "$ETC/containerd.toml"
+  for _ in $(seq 1 100); do ctr --address "$SOCK" version >/dev/null 2>&1 && return; sleep 0.2; alive containerd || break; done
+  tail -20 "$LOGS/containerd.log" >&2
+  die "containerd did not start; log: $LOGS/containerd.log"
+}
+
+start_kubelet() {
+  local kubeconfig="$1"
+  if alive kubelet; then log "kubelet already running (pid $(cat "$RUN/kubelet.pid"))"; return; fi
+  rm -f "$RUN/kubelet.pid"
+  start_daemon kubelet "$CLUSTER_BIN_DIR/kubelet" \
+    --config="$ETC/kubelet.yaml" --kubeconfig="$kubeconfig" --root-dir="$KUBELET_ROOT" \
+    --hostname-override="$NODE_NAME" --node-ip="$GATEWAY" \
+    --node-labels=taimatsu.dev/sandbox=real-node --v=1
+}
+
+wait_node_ready() {
+  local started=$SECONDS
+  while [ $((SECONDS - started)) -lt 180 ]; do
+    alive kubelet || { tail -30 "$LOGS/kubelet.log" >&2; die "the kubelet exited; log: $LOGS/kubelet.log"; }
+    if [ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; then
+      log "node $NODE_NAME Ready after $((SECONDS - started))s (kubelet log: $LOGS/kubelet.log)"
+      return
+    fi
+    sleep 1
+  done
+  kubectl_ get node "$NODE_NAME" -o yaml >&2 || true
+  tail -30 "$LOGS/kubelet.log" >&2
+  die "node $NODE_NAME not Ready after 180s"
+}
+
+# --- teardown -----------------------------------------------------------------------------
+
+# Removes every container and pod sandbox containerd runs for the kubelet, with their
+# network namespaces. The kubelet is stopped first, so nothing restarts them.
+remove_containers() {
+  local ids netns
+  ids=$(ctr_ containers ls -q 2>/dev/null) || return 0
+  [ -n "$ids" ] || return 0
+  # The pod sandboxes' network namespaces (/var/run/netns/cni-…), from their specs.
+  netns=$(for id in $ids; do ctr_ containers info "$id"; done 2>/dev/null | python3 -c '
+import json, sys
+text = sys.stdin.read()
+dec, i = json.JSONDecoder(), 0
+while i < len(text):
+    while i < len(text) and text[i].isspace(): i += 1
+    if i >= len(text): break
+    doc, i = dec.raw_decode(text, i)
+    for ns in doc.get("Spec", {}).get("linux", {}).get("namespaces", []):
+        if ns.get("type") == "network" and ns.get("path"): print(ns["path"])
+' | sort -u)
+  for id in $ids; do
+    ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+  done
+  sleep 1
+  for id in $ids; do
+    ctr_ tasks delete -f "$id" >/dev/null 2>&1 || true
+    ctr_ containers delete "$id" >/dev/null 2>&1 || true
+  done
+  local ns; for ns in $netns; do umount "$ns" 2>/dev/null || true; rm -f "$ns"; done
+  rmdir /var/run/netns 2>/dev/null || true  # containerd made it; only if nothing else uses it
+  log "removed $(echo "$ids" | wc -w) containers and sandboxes"
+}
+
+# Unmounts what the kubelet mounted (emptyDir, Secret tmpfs) and what containerd left
+# (overlay rootfs, shm) under this node's directories, deepest first.
+unmount_under() {
+  local dir
+  for dir in "$@"; do
+    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+      umount "$m" 2>/dev/null || umount -l "$m"
+    done
+  done
+}
+
+# Empty pod cgroups the kubelet created (kubepods/…), in every v1 hierarchy, deepest first.
+remove_pod_cgroups() {
+  find /sys/fs/cgroup -mindepth 2 -maxdepth 6 -type d -path '*/kubepods*' 2>/dev/null | sort -r | while read -r d; do
+    rmdir "$d" 2>/dev/null || true
+  done
+}
+
+# --- commands -----------------------------------------------------------------------------
+
+up() {
+  local kubeconfig="${1:-${KUBECONFIG:-}}"
+  [ -n "$kubeconfig" ] && [ -f "$kubeconfig" ] || die "usage: $0 up KUBECONFIG (or set KUBECONFIG): the cluster the node joins"
+  kubeconfig=$(realpath "$kubeconfig")
+  local started=$SECONDS
+  if alive kubelet && [ "$(cat "$RUN/kubeconfig.path")" != "$kubeconfig" ]; then
+    die "a real node is already running for another cluster ($(cat "$RUN/kubeconfig.path")): $0 down first"
+  fi
+  install_packages
+  alive kubelet || rm -rf "$STATE/pod-logs"
+  mkdir -p "$STATE" "$ETC" "$LOGS" "$RUN" "$IMAGES_DIR" "$IPAM_DIR" "$KUBELET_ROOT" "$STATE/pod-logs"
+  echo "$kubeconfig" >"$RUN/kubeconfig.path"
+  save_sysctls
+  ensure_bridge
+  write_containerd_config
+  write_cni_config
+  write_kubelet_config
+  start_containerd
+  images
+  start_kubelet "$kubeconfig"
+  wait_node_ready
+  log "real node up in $((SECONDS - started))s"
+}
+
+down() {
+  stop_daemon kubelet
+  if alive containerd; then remove_containers; fi
+  stop_daemon containerd
+  unmount_under "$KUBELET_ROOT" "$RUN" "$CONTAINERD_ROOT"
+  # CRI's per-pod files (hostname, resolv.conf, shm); their containers are gone.
+  rm -rf "$CONTAINERD_ROOT/io.containerd.grpc.v1.cri/sandboxes" "$CONTAINERD_ROOT/io.containerd.grpc.v1.cri/containers"
+  # The pods' logs stay for a post-mortem; the next `up` removes them.
+  rm -rf "$KUBELET_ROOT" "$IPAM_DIR" "$RUN"
+  remove_pod_cgroups
+  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
+  restore_sysctls
+  log "real node down (images kept in $CONTAINERD_ROOT)"
+}
+
+status() {
+  local d; for d in containerd kubelet; do
+    if alive "$d"; then log "$d running (pid $(cat "$RUN/$d.pid"))"; else log "$d not running"; fi
+  done
+  alive containerd && ctr_ images ls -q | grep registry.local || true
+  [ -f "$RUN/kubeconfig.path" ] && kubectl_ get node "$NODE_NAME" -o wide 2>/dev/null || true
+}
+
+case "${1:-}" in
+  up) shift; up "$@" ;;
+  down) down ;;
+  images)
+    install_packages; mkdir -p "$ETC" "$LOGS" "$RUN"
+    if ! alive containerd; then
+      # Only for the import: stopped again however `images` ends.
+      write_containerd_config; start_containerd; trap 'stop_daemon containerd' EXIT
+    fi
+    images ;;
+  status) status ;;
+  *) echo "usage: $0 up [KUBECONFIG] | images | status | down" >&2; exit 2 ;;
+esac

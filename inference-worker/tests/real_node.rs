@@ -1,0 +1,218 @@
+//! End to end on a real node: the operator deploys examples/quickstart/ on a real control
+//! plane, and the pod it renders runs under a real kubelet (built from Kubernetes' Go
+//! modules) with containerd and runc (`hack/real-node.sh`): the `fetch` init container
+//! downloads and verifies the model from the HTTPS mirror over the pod network, then the
+//! `worker` container serves it, and a chat completion to the pod IP is answered.
+//!
+//! Opt-in: it needs root, installs containerd, runc and the CNI plugins from Debian if
+//! missing, takes the machine's pod bridge (10.85.0.1/24) and kubelet port 10250, and
+//! changes a few kernel tunables while it runs (restored afterwards). Run it with
+//!
+//!     TAIMATSU_REAL_NODE=1 cargo test -p taimatsu-inference-worker --test real_node
+//!
+//! Without TAIMATSU_REAL_NODE (or with it empty or 0) it passes after printing why it did
+//! nothing. Its own test binary with its own control plane: the sandbox assembly registers a
+//! cluster-wide admission webhook, and a kubelet joins the cluster.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
+use taimatsu_tests::ControlPlane;
+use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
+use taimatsu_tests::wait::poll_until;
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
+/// hack/real-node.sh's bridge address: the host as the pods see it.
+const BRIDGE_IP: &str = "10.85.0.1";
+const NODE_NAME: &str = "sandbox-node";
+/// The operator's default --worker-image, which hack/real-node.sh builds and imports.
+const WORKER_IMAGE: &str = "registry.local/taimatsu/inference-worker:0.1.0";
+
+fn real_node_script() -> PathBuf {
+    common::repo_root().join("hack/real-node.sh")
+}
+
+/// The running node; `hack/real-node.sh down` when dropped, also when the test panics.
+struct RealNode;
+
+impl RealNode {
+    /// Starts the node against `kubeconfig`. The worker image holds this test build's
+    /// inference-worker (so the test checks the code under test), unless
+    /// TAIMATSU_IMAGE_WORKER_BIN names another.
+    fn up(kubeconfig: &Path) -> RealNode {
+        let mut cmd = Command::new("bash");
+        cmd.arg(real_node_script()).arg("up").arg(kubeconfig);
+        if std::env::var_os("TAIMATSU_IMAGE_WORKER_BIN").is_none() {
+            cmd.env("TAIMATSU_IMAGE_WORKER_BIN", WORKER_BIN);
+        }
+        // A node left by an earlier run that was killed belongs to a control plane that is gone.
+        let _ = Command::new("bash").arg(real_node_script()).arg("down").status();
+        let status = cmd.status().expect("run hack/real-node.sh");
+        let node = RealNode;
+        assert!(status.success(), "hack/real-node.sh up failed (output above; logs in .cache/real-node/logs/)");
+        node
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(real_node_script()).arg("down").status();
+    }
+}
+
+/// What to print when the pod did not get there: its status, and the kubelet's last words.
+async fn diagnose(pods: &Api<Pod>, mds: &Api<ModelDeployment>) -> String {
+    let pods = pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    let statuses: Vec<_> =
+        pods.iter().map(|p| (&p.metadata.name, p.spec.as_ref().and_then(|s| s.node_name.clone()), &p.status)).collect();
+    let kubelet_log = common::repo_root().join(".cache/real-node/logs/kubelet.log");
+    let log = std::fs::read_to_string(&kubelet_log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    format!(
+        "deployment status: {:#?}\npods: {statuses:#?}\nlast kubelet log lines ({}):\n{}",
+        mds.get("smollm2-chat").await.ok().and_then(|m| m.status),
+        kubelet_log.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+#[tokio::test]
+async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
+    if std::env::var("TAIMATSU_REAL_NODE").map_or(true, |v| v.is_empty() || v == "0") {
+        eprintln!(
+            "skipped: set TAIMATSU_REAL_NODE=1 to run the quickstart on a real kubelet with containerd \
+             (needs root; see docs/real-node.md)"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let operator_bin = Path::new(WORKER_BIN).with_file_name("taimatsu-operator");
+    assert!(
+        operator_bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        operator_bin.display()
+    );
+    // A control plane of its own, in a directory no other test binary's cleanup of
+    // /tmp/taimatsu-test-cluster-* can remove from under it (the kubelet outlives the
+    // processes of this binary only until the guard below stops it).
+    let cp =
+        ControlPlane::start_in(std::env::temp_dir().join("taimatsu-real-node-cluster")).await.expect("control plane");
+    let cp = &cp;
+    let client = cp.client().await.unwrap();
+    let config = SandboxConfig {
+        operator_bin,
+        worker_bin: WORKER_BIN.into(),
+        models_dir: common::models_dir(),
+        state_dir: cp.dir().join("sandbox"),
+    };
+    let options = SandboxOptions::real_node(BRIDGE_IP.parse().unwrap());
+    let sandbox = Sandbox::start_with(cp, &client, config, options).await.expect("sandbox");
+    eprintln!("operator log: {}", sandbox.operator_log.display());
+    let node = RealNode::up(&cp.kubeconfig("taimatsu-admin"));
+    eprintln!("control plane, operator and real node up after {:.0}s", started.elapsed().as_secs_f64());
+
+    {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": "real-node" } })).unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
+        let ns = "real-node".to_owned();
+        let model = sandbox.quickstart_model(&client, &ns).await.unwrap();
+        assert!(model["spec"]["source"]["uri"].as_str().unwrap().starts_with(&format!("https://{BRIDGE_IP}:")));
+        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+        let params = PatchParams::apply("tests").force();
+        models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&model)).await.expect("model");
+        let text =
+            std::fs::read_to_string(taimatsu_tests::repo_root().join("examples/quickstart/deployment.yaml")).unwrap();
+        let md: Value = serde_yaml::from_str(&text).unwrap();
+        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+        mds.patch("smollm2-chat", &params, &Patch::Apply(&md)).await.expect("deployment");
+
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let ready =
+            poll_until("the quickstart deployment to be Ready on the real node", Duration::from_secs(600), || {
+                let (mds, pods) = (mds.clone(), pods.clone());
+                async move {
+                    // A container killed by its memory limit restarts forever: fail now, saying so.
+                    for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+                        let spec = pod.spec.unwrap_or_default();
+                        for status in pod.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+                            let last = status.last_state.and_then(|s| s.terminated);
+                            if last.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled")) {
+                                let limits = spec
+                                    .containers
+                                    .iter()
+                                    .find(|c| c.name == status.name)
+                                    .and_then(|c| c.resources.clone())
+                                    .and_then(|r| r.limits);
+                                anyhow::bail!(
+                                    "container {} was OOMKilled under its memory limit {limits:?}",
+                                    status.name
+                                );
+                            }
+                        }
+                    }
+                    // A slow API server (two shared cores) is not a failure: look again.
+                    let Ok(md) = mds.get("smollm2-chat").await else { return Ok(None) };
+                    let status = md.status.unwrap_or_default();
+                    Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(()))
+                }
+            })
+            .await;
+        if let Err(e) = ready {
+            panic!("{e:#}\n{}", diagnose(&pods, &mds).await);
+        }
+        eprintln!("quickstart Ready after {:.0}s", started.elapsed().as_secs_f64());
+
+        // The pod ran under the kubelet, as containers of the imported image.
+        let list =
+            pods.list(&ListParams::default().labels("taimatsu.dev/model-deployment=smollm2-chat")).await.unwrap();
+        assert_eq!(list.items.len(), 1, "{:#?}", list.items);
+        let pod = &list.items[0];
+        assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some(NODE_NAME));
+        let status = pod.status.as_ref().unwrap();
+        let init = &status.init_container_statuses.as_ref().unwrap()[0];
+        let fetched = init.state.as_ref().and_then(|s| s.terminated.as_ref()).expect("fetch terminated");
+        assert_eq!(fetched.exit_code, 0, "{init:?}");
+        assert!(init.container_id.as_deref().unwrap_or_default().starts_with("containerd://"), "{init:?}");
+        let worker = &status.container_statuses.as_ref().unwrap()[0];
+        assert!(worker.ready && worker.state.as_ref().and_then(|s| s.running.as_ref()).is_some(), "{worker:?}");
+        assert!(worker.container_id.as_deref().unwrap_or_default().starts_with("containerd://"), "{worker:?}");
+        assert_eq!(worker.image, WORKER_IMAGE);
+        assert!(worker.image_id.contains("sha256:"), "{worker:?}");
+        let ip = status.pod_ip.clone().expect("pod IP");
+        assert!(ip.starts_with("10.85.0."), "the pod IP {ip} is on the node's bridge");
+
+        // The host reaches the pod IP: OpenAI API on 8000, metrics on 9090.
+        let answer: Value = tokio::task::spawn_blocking(move || {
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+            let answer: Value = http
+                .post(format!("http://{ip}:8000/v1/chat/completions"))
+                .json(&json!({ "model": "smollm2-135m-instruct", "max_tokens": 16,
+                               "messages": [{ "role": "user", "content": "What is the capital of France?" }] }))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())?;
+            let metrics = http.get(format!("http://{ip}:9090/metrics")).send()?.error_for_status()?.text()?;
+            assert!(metrics.contains("# TYPE"), "{metrics}");
+            Ok::<_, reqwest::Error>(answer)
+        })
+        .await
+        .unwrap()
+        .expect("a chat completion from the pod IP");
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        eprintln!("the pod on {NODE_NAME} answered: {content:?}");
+        assert!(!content.trim().is_empty(), "{answer}");
+        assert_eq!(answer["model"], "smollm2-135m-instruct");
+        assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{answer}");
+    }
+    drop(node);
+    eprintln!("real-node test done in {:.0}s", started.elapsed().as_secs_f64());
+}
