@@ -15,7 +15,10 @@ log "free disk: $((free_kb / 1024 / 1024)) GiB"
 [ "$free_kb" -gt $((16 * 1024 * 1024)) ] || log "warning: less than 16 GiB free; a cold run may run out of disk"
 # cmake + libclang: llama.cpp (the built-in engine) is compiled from source by llama-cpp-sys-2.
 # lua5.4 + lua-cjson: the Argo CD health check is run by Debian's Lua interpreter.
-ensure_apt ca-certificates git cmake clang libclang-dev lua5.4 lua-cjson
+# containerd, runc, CNI plugins, iptables, iproute2, gcc: the real node (hack/real-node.sh)
+# that inference-worker/tests/real_node.rs runs the operator's worker pod on.
+ensure_apt ca-certificates git cmake clang libclang-dev lua5.4 lua-cjson \
+  containerd runc containernetworking-plugins iptables iproute2 gcc libc6-dev
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 TAIMATSU_CLUSTER_BIN_DIR="$(hack/build-cluster-bins.sh)"
@@ -40,7 +43,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-log "cargo test (unit, CRD drift, cluster)"
-cargo test --workspace --locked
+log "cargo test (unit, CRD drift, cluster, and the real kubelet node)"
+TAIMATSU_REAL_NODE=1 cargo test --workspace --locked
 
 log "all tests passed in $((SECONDS - started))s"
