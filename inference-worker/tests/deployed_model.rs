@@ -64,15 +64,9 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
     .expect("sandbox");
     eprintln!("operator log: {}", sandbox.operator_log.display());
     with_namespace("quickstart", move |client, ns| async move {
-        let model = sandbox.quickstart_model(&client, &ns).await.unwrap();
-        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
         let params = PatchParams::apply("tests").force();
-        models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&model)).await.expect("model");
-        let text =
-            std::fs::read_to_string(taimatsu_tests::repo_root().join("examples/quickstart/deployment.yaml")).unwrap();
-        let md: Value = serde_yaml::from_str(&text).unwrap();
+        let model = sandbox.apply_quickstart(&client, &ns, &params).await.expect("the quickstart");
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
-        mds.patch("smollm2-chat", &params, &Patch::Apply(&md)).await.expect("deployment");
 
         // Fetching 98 MB, verifying it and loading the model take a while on 2 cores.
         let ready = poll_until("the quickstart deployment to be Ready", Duration::from_secs(300), || {

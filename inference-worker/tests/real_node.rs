@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PatchParams, PostParams};
 use serde_json::{Value, json};
-use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
+use taimatsu_crds::v1alpha1::ModelDeployment;
 use taimatsu_tests::ControlPlane;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
 use taimatsu_tests::wait::poll_until;
@@ -124,16 +124,10 @@ async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
         let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": "real-node" } })).unwrap();
         namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
         let ns = "real-node".to_owned();
-        let model = sandbox.quickstart_model(&client, &ns).await.unwrap();
-        assert!(model["spec"]["source"]["uri"].as_str().unwrap().starts_with(&format!("https://{BRIDGE_IP}:")));
-        let models: Api<Model> = Api::namespaced(client.clone(), &ns);
         let params = PatchParams::apply("tests").force();
-        models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&model)).await.expect("model");
-        let text =
-            std::fs::read_to_string(taimatsu_tests::repo_root().join("examples/quickstart/deployment.yaml")).unwrap();
-        let md: Value = serde_yaml::from_str(&text).unwrap();
+        let model = sandbox.apply_quickstart(&client, &ns, &params).await.expect("the quickstart");
+        assert!(model["spec"]["source"]["uri"].as_str().unwrap().starts_with(&format!("https://{BRIDGE_IP}:")));
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
-        mds.patch("smollm2-chat", &params, &Patch::Apply(&md)).await.expect("deployment");
 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let ready =

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::controller::FIELD_MANAGER;
@@ -39,6 +39,17 @@ struct Applied {
     resource_version: Option<String>,
 }
 
+impl Applied {
+    /// Whether `meta` is the object this apply returned or, with `ignore_status`, differs
+    /// from it only in status.
+    fn shows(&self, meta: &ObjectMeta, ignore_status: bool) -> bool {
+        match ignore_status {
+            true => self.fingerprint == fingerprint(meta, &self.keys),
+            false => self.resource_version.is_some() && self.resource_version == meta.resource_version,
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 struct Keys {
     labels: Vec<String>,
@@ -55,7 +66,7 @@ pub enum Outcome<K, C> {
 
 impl Applier {
     /// Applies `obj` unless the child's cached copy `current` (full or metadata only;
-    /// `None` when absent) is at the resourceVersion of the last apply of this same `obj`.
+    /// `None` when absent) still has the fingerprint of the last apply of this same `obj`.
     pub async fn apply<K, C>(&self, api: &Api<K>, obj: &K, current: Option<Arc<C>>) -> Result<Outcome<K, C>, Error>
     where
         K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -64,11 +75,9 @@ impl Applier {
         let key = key::<K>(obj.namespace().unwrap_or_default(), obj.name_any());
         let desired = hash(obj)?;
         if let Some(current) = current {
-            let last = self
-                .lock()
-                .get(&key)
-                .map(|a| a.desired == desired && a.fingerprint == fingerprint(current.meta(), &a.keys));
-            if last == Some(true) {
+            let unchanged =
+                self.lock().get(&key).is_some_and(|a| a.desired == desired && a.shows(current.meta(), true));
+            if unchanged {
                 return Ok(Outcome::Unchanged(current));
             }
         }
@@ -93,15 +102,18 @@ impl Applier {
     /// from it only in status. Such an event need not trigger a reconcile.
     pub fn is_echo<K: Resource<DynamicType = ()>>(&self, meta: &ObjectMeta, ignore_status: bool) -> bool {
         let key = key::<K>(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
-        self.lock().get(&key).is_some_and(|a| match ignore_status {
-            true => a.fingerprint == fingerprint(meta, &a.keys),
-            false => a.resource_version.is_some() && a.resource_version == meta.resource_version,
-        })
+        self.lock().get(&key).is_some_and(|a| a.shows(meta, ignore_status))
     }
 
-    /// Forgets a child that was deleted.
-    pub fn forget<K: Resource<DynamicType = ()>>(&self, ns: &str, name: &str) {
+    /// Deletes a child in the background (already gone is fine: the cache lags a
+    /// deletion) and forgets its last apply.
+    pub async fn delete<K>(&self, api: &Api<K>, ns: &str, name: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        delete_if_present(api, name, &DeleteParams::background()).await?;
         self.lock().remove(&key::<K>(ns.to_owned(), name.to_owned()));
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Applied>> {
@@ -111,6 +123,18 @@ impl Applier {
 
 fn key<K: Resource<DynamicType = ()>>(ns: String, name: String) -> Key {
     (K::kind(&()).into_owned(), ns, name)
+}
+
+/// Deletes `name`; one that is already gone is not an error.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// What identifies a child's spec and the metadata the operator sets, but not its status.

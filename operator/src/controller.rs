@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAcco
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -293,7 +293,7 @@ pub(crate) async fn write_status(
     // The same status again (an idle reconcile): nothing to write. "The same" as both the
     // cached object and this replica's last write: the cache can lag that write, and a
     // status equal to the stale copy may differ from what the API server now holds.
-    let current = serde_json::to_value(md.status.clone().unwrap_or_default()).unwrap_or_default();
+    let current = serde_json::to_value(&old).unwrap_or_default();
     let mut merged = current.clone();
     if let (Some(merged), Some(new)) = (merged.as_object_mut(), status.as_object()) {
         for (key, value) in new {
@@ -376,12 +376,7 @@ pub(crate) async fn apply(ctx: &Context, ns: &str, name: &str, children: build::
             // Explicit opt-out: remove a policy an earlier spec asked for.
             let policy = format!("{name}-egress");
             if caches.policies.get(&ObjectRef::new(&policy).within(ns)).is_some() {
-                match policies.delete(&policy, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-                ctx.applier.forget::<NetworkPolicy>(ns, &policy);
+                ctx.applier.delete(&policies, ns, &policy).await?;
             }
         }
     }

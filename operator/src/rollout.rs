@@ -9,7 +9,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -429,27 +428,13 @@ async fn remove_revisions_except(ctx: &Context, ns: &str, name: &str, keep: &[&R
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     for d in cache::other_revisions(&ctx.caches.deployments, ns, name, &hashes) {
         info!(deployment = %d, "removing the worker Deployment of a revision that no longer serves");
-        delete(&deployments, &d).await?;
-        ctx.applier.forget::<Deployment>(ns, &d);
+        ctx.applier.delete(&deployments, ns, &d).await?;
     }
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     for m in cache::other_revisions(&ctx.caches.manifests, ns, name, &hashes) {
-        delete(&maps, &m).await?;
-        ctx.applier.forget::<ConfigMap>(ns, &m);
+        ctx.applier.delete(&maps, ns, &m).await?;
     }
     Ok(())
-}
-
-/// Deletes in the background; already gone (the cache lags a deletion) is fine.
-async fn delete<K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug>(
-    api: &Api<K>,
-    name: &str,
-) -> Result<(), Error> {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn status_fields(

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
 
 use crate::control_plane::free_port;
 use crate::pod_runner::PodRunner;
@@ -158,6 +159,25 @@ impl Sandbox {
         let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: self.mirror_ca } });
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
         secrets.patch(name, &PatchParams::apply(crate::apply::FIELD_MANAGER).force(), &Patch::Apply(secret)).await?;
+        Ok(model)
+    }
+
+    /// Applies examples/quickstart/ to `namespace` with `params`: the Model pointed at this
+    /// sandbox's mirror (see [`Self::quickstart_model`]), which is returned, and the
+    /// ModelDeployment as the example has it.
+    pub async fn apply_quickstart(
+        &self,
+        client: &Client,
+        namespace: &str,
+        params: &PatchParams,
+    ) -> anyhow::Result<Value> {
+        let model = self.quickstart_model(client, namespace).await?;
+        let models: Api<Model> = Api::namespaced(client.clone(), namespace);
+        models.patch("smollm2-135m-instruct", params, &Patch::Apply(&model)).await?;
+        let text = std::fs::read_to_string(crate::repo_root().join("examples/quickstart/deployment.yaml"))?;
+        let md: Value = serde_yaml::from_str(&text)?;
+        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), namespace);
+        mds.patch("smollm2-chat", params, &Patch::Apply(&md)).await?;
         Ok(model)
     }
 }

@@ -85,9 +85,5 @@ pub async fn set_analysis(client: &Client, ns: &str, record: &RevisionRecord, st
 /// Deletes a record (history pruning).
 pub async fn delete(client: &Client, ns: &str, record: &RevisionRecord) -> Result<(), kube::Error> {
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
-    match api.delete(&record.name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+    crate::apply::delete_if_present(&api, &record.name, &DeleteParams::default()).await
 }
