@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A real Kubernetes node for the sandbox and the tests: the kubelet built from Kubernetes'
 # Go modules (hack/build-cluster-bins.sh) with containerd, runc and the CNI plugins from
-# Debian, running the worker pods the operator renders as real containers. See
-# docs/real-node.md for what it is and is not.
+# Debian, running the worker pods the operator renders as real containers, and kube-proxy
+# (from the same build) for Services' cluster IPs. See docs/real-node.md for what it is and
+# is not.
 #
 #   hack/real-node.sh up [KUBECONFIG]  install what is missing, start containerd, import the
 #                                      images, start the kubelet against KUBECONFIG (default:
 #                                      $KUBECONFIG) and wait until the node is Ready
-#   hack/real-node.sh images           (re)build the pause and worker images and import them
+#   hack/real-node.sh images           (re)build the pause and worker images (and the operator
+#                                      image, see below) and import them
 #   hack/real-node.sh status
 #   hack/real-node.sh down             stop the kubelet and containerd, remove pods, mounts,
 #                                      network state; `up` works again afterwards
@@ -21,6 +23,9 @@
 #                             (default: target/release/inference-worker, built if missing)
 #   TAIMATSU_WORKER_IMAGE     the worker image's name; must be what the operator renders
 #                             (its --worker-image default, below)
+#   TAIMATSU_IMAGE_OPERATOR_BIN  a taimatsu-operator binary: also build the operator image
+#                             (registry.local/taimatsu/operator:0.1.0, the Helm chart's
+#                             default) from it, so the chart's operator pods run here
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
@@ -28,6 +33,7 @@ NODE_NAME="${TAIMATSU_NODE_NAME:-sandbox-node}"
 WORKER_IMAGE="${TAIMATSU_WORKER_IMAGE:-registry.local/taimatsu/inference-worker:0.1.0}"
 # Our own pause image, named in containerd's sandbox_image: nothing is ever pulled.
 PAUSE_IMAGE="registry.local/taimatsu/pause:0.1.0"
+OPERATOR_IMAGE="registry.local/taimatsu/operator:0.1.0"
 # Pod network: one bridge, pods in 10.85.0.0/24. The gateway address is the host's own on
 # the bridge: the kubelet listens there (not on the machine's external interface) and the
 # sandbox's model mirror can bind it so that pods reach it.
@@ -62,7 +68,7 @@ install_packages() {
   [ "$(id -u)" -eq 0 ] || die "the real node needs root (containerd, runc, the kubelet's mounts and cgroups)"
   # iptables: the bridge CNI plugin calls it; mount/util-linux and iproute2 are used below.
   ensure_apt containerd runc containernetworking-plugins iptables iproute2 gcc libc6-dev
-  [ -x "$CLUSTER_BIN_DIR/kubelet" ] || hack/build-cluster-bins.sh >/dev/null
+  [ -x "$CLUSTER_BIN_DIR/kubelet" ] && [ -x "$CLUSTER_BIN_DIR/kube-proxy" ] || hack/build-cluster-bins.sh >/dev/null
 }
 
 # --- images -------------------------------------------------------------------------------
@@ -76,21 +82,14 @@ build_pause_image() {
     --entrypoint /pause --user 65535:65535 >/dev/null
 }
 
-# The worker image: the release inference-worker (it is both the `fetch` init container and
-# the `serve` container: the operator renders only args, the entrypoint is the binary), the
-# shared libraries ldd names plus the loader, CA certificates (the fetch step's HTTPS uses
-# the system roots besides --ca-bundle), and /etc/passwd with the UID the pods run as.
-build_worker_image() {
-  local bin="${TAIMATSU_IMAGE_WORKER_BIN:-$REPO_ROOT/target/release/inference-worker}"
-  if [ -n "${TAIMATSU_IMAGE_WORKER_BIN:-}" ]; then
-    [ -x "$bin" ] || die "TAIMATSU_IMAGE_WORKER_BIN=$bin is not an executable"
-  elif [ ! -x "$bin" ]; then
-    log "building the release inference-worker for the worker image"
-    cargo build --release --locked -q -p taimatsu-inference-worker --bin inference-worker
-  fi
-  local root="$IMAGES_DIR/worker-rootfs"
+# A root filesystem for one dynamically linked binary, like distroless/cc: the binary, the
+# shared libraries ldd names plus the loader, CA certificates, /etc/passwd and /etc/group
+# with the UID the pods run as (65532), and /tmp. Checked by running `BIN --version` in it
+# with chroot, so a missing library fails here rather than in a pod.
+binary_rootfs() {
+  local bin="$1" root="$2" name; name=$(basename "$bin")
   rm -rf "$root"; mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp"
-  cp "$bin" "$root/usr/local/bin/inference-worker"
+  cp "$bin" "$root/usr/local/bin/$name"
   # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)";
   # linux-vdso has no file. cp -L: the file itself, under the name the loader asks for.
   local lib
@@ -101,12 +100,39 @@ build_worker_image() {
   cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+  chroot "$root" "/usr/local/bin/$name" --version >/dev/null ||
+    die "the image rootfs $root cannot run $name (missing library?)"
+}
+
+# The worker image: the release inference-worker (it is both the `fetch` init container and
+# the `serve` container: the operator renders only args, the entrypoint is the binary). The
+# fetch step's HTTPS uses the system roots besides --ca-bundle.
+build_worker_image() {
+  local bin="${TAIMATSU_IMAGE_WORKER_BIN:-$REPO_ROOT/target/release/inference-worker}"
+  if [ -n "${TAIMATSU_IMAGE_WORKER_BIN:-}" ]; then
+    [ -x "$bin" ] || die "TAIMATSU_IMAGE_WORKER_BIN=$bin is not an executable"
+  elif [ ! -x "$bin" ]; then
+    log "building the release inference-worker for the worker image"
+    cargo build --release --locked -q -p taimatsu-inference-worker --bin inference-worker
+  fi
+  local root="$IMAGES_DIR/worker-rootfs"
+  binary_rootfs "$bin" "$root"
   images/build-oci.py --rootfs "$root" --name "$WORKER_IMAGE" --out "$IMAGES_DIR/worker.tar" \
     --entrypoint /usr/local/bin/inference-worker --user 65532:65532 --expose 8000 --expose 9090 \
     --label org.opencontainers.image.title=taimatsu-inference-worker >/dev/null
-  # Fail here, not in a pod, if a library is missing: run the binary on the image's own files.
-  chroot "$root" /usr/local/bin/inference-worker --version >/dev/null ||
-    die "the worker image's rootfs cannot run inference-worker (missing library?)"
+}
+
+# The operator image, as images/operator.Dockerfile has it: the binary, and
+# /var/lib/taimatsu/audit (the chart mounts its audit volume there).
+build_operator_image() {
+  local bin="$TAIMATSU_IMAGE_OPERATOR_BIN"
+  [ -x "$bin" ] || die "TAIMATSU_IMAGE_OPERATOR_BIN=$bin is not an executable"
+  local root="$IMAGES_DIR/operator-rootfs"
+  binary_rootfs "$bin" "$root"
+  mkdir -p "$root/var/lib/taimatsu/audit"
+  images/build-oci.py --rootfs "$root" --name "$OPERATOR_IMAGE" --out "$IMAGES_DIR/operator.tar" \
+    --entrypoint /usr/local/bin/taimatsu-operator --user 65532:65532 --expose 8080 \
+    --label org.opencontainers.image.title=taimatsu-operator >/dev/null
 }
 
 # Imports an archive unless containerd already has exactly that manifest under the name.
@@ -125,6 +151,10 @@ images() {
   build_worker_image
   import_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE"
   import_image "$IMAGES_DIR/worker.tar" "$WORKER_IMAGE"
+  if [ -n "${TAIMATSU_IMAGE_OPERATOR_BIN:-}" ]; then
+    build_operator_image
+    import_image "$IMAGES_DIR/operator.tar" "$OPERATOR_IMAGE"
+  fi
 }
 
 # --- configuration ------------------------------------------------------------------------
@@ -212,6 +242,35 @@ serializeImagePulls: false
 EOF
 }
 
+# kube-proxy in iptables mode, so that a pod reaches a Service's cluster IP: the operator
+# pods of the Helm chart reach the API server at the `kubernetes` Service (in-cluster
+# config), the API server reaches their webhook Service. It changes nothing it need not:
+# no conntrack sysctls (0 = leave as is), no localhost NodePorts (they need route_localnet).
+write_kube_proxy_config() {
+  cat >"$ETC/kube-proxy.yaml" <<EOF
+# Written by hack/real-node.sh.
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection:
+  kubeconfig: $1
+hostnameOverride: $NODE_NAME
+bindAddress: $GATEWAY
+clusterCIDR: $POD_SUBNET
+detectLocalMode: ClusterCIDR
+iptables:
+  localhostNodePorts: false
+  masqueradeAll: false
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+EOF
+}
+
 # --- host state the kubelet and the bridge plugin change ------------------------------------
 
 # The kubelet sets kernel tunables (panic on oops, overcommit) and the bridge plugin turns on
@@ -272,6 +331,25 @@ start_kubelet() {
     --config="$ETC/kubelet.yaml" --kubeconfig="$kubeconfig" --root-dir="$KUBELET_ROOT" \
     --hostname-override="$NODE_NAME" --node-ip="$GATEWAY" \
     --node-labels=taimatsu.dev/sandbox=real-node --v=1
+}
+
+start_kube_proxy() {
+  if alive kube-proxy; then return; fi
+  rm -f "$RUN/kube-proxy.pid"
+  start_daemon kube-proxy "$CLUSTER_BIN_DIR/kube-proxy" --config="$ETC/kube-proxy.yaml" --v=1
+}
+
+# kube-proxy's health endpoint answers once it has synced its rules.
+wait_kube_proxy() {
+  local started=$SECONDS
+  while [ $((SECONDS - started)) -lt 60 ]; do
+    alive kube-proxy || { tail -30 "$LOGS/kube-proxy.log" >&2; die "kube-proxy exited; log: $LOGS/kube-proxy.log"; }
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen("http://127.0.0.1:10256/healthz", timeout=2)' 2>/dev/null &&
+      { log "kube-proxy synced its rules"; return; }
+    sleep 1
+  done
+  tail -30 "$LOGS/kube-proxy.log" >&2
+  die "kube-proxy not healthy after 60s"
 }
 
 wait_node_ready() {
@@ -340,6 +418,23 @@ remove_pod_cgroups() {
   done
 }
 
+# The chains the kubelet itself adds (kube-proxy --cleanup leaves them): KUBE-FIREWALL
+# (drops packets to 127.0.0.0/8 from elsewhere) and its canary and hint chains, in IPv4
+# and IPv6.
+remove_kubelet_chains() {
+  local cmd table
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null || continue
+    while "$cmd" -t filter -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$cmd" -t filter -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    "$cmd" -t filter -F KUBE-FIREWALL 2>/dev/null && "$cmd" -t filter -X KUBE-FIREWALL 2>/dev/null
+    for table in filter nat mangle; do
+      "$cmd" -t "$table" -X KUBE-KUBELET-CANARY 2>/dev/null || true
+    done
+    "$cmd" -t mangle -X KUBE-IPTABLES-HINT 2>/dev/null || true
+  done
+}
+
 # --- commands -----------------------------------------------------------------------------
 
 up() {
@@ -362,12 +457,19 @@ up() {
   start_containerd
   images
   start_kubelet "$kubeconfig"
+  write_kube_proxy_config "$kubeconfig"
+  start_kube_proxy
   wait_node_ready
+  wait_kube_proxy
   log "real node up in $((SECONDS - started))s"
 }
 
 down() {
+  stop_daemon kube-proxy
+  # Its iptables chains (KUBE-*) go with it.
+  [ -x "$CLUSTER_BIN_DIR/kube-proxy" ] && "$CLUSTER_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   stop_daemon kubelet
+  remove_kubelet_chains
   if alive containerd; then remove_containers; fi
   stop_daemon containerd
   unmount_under "$KUBELET_ROOT" "$RUN" "$CONTAINERD_ROOT"
@@ -382,7 +484,7 @@ down() {
 }
 
 status() {
-  local d; for d in containerd kubelet; do
+  local d; for d in containerd kubelet kube-proxy; do
     if alive "$d"; then log "$d running (pid $(cat "$RUN/$d.pid"))"; else log "$d not running"; fi
   done
   alive containerd && ctr_ images ls -q | grep registry.local || true
