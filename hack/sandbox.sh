@@ -36,22 +36,40 @@ use_sandbox() {
 }
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-chat() {
-  local endpoint selector=(-n "$NS" -l "taimatsu.dev/model-deployment=$MD")
-  # The pod runner publishes its local endpoint; on a real node the pod IP is routable.
+# The base URL of a running worker pod of deployment $1. The pod runner publishes its
+# local endpoint; on a real node the pod IP is routable.
+endpoint_of() {
+  local endpoint selector=(-n "$NS" -l "taimatsu.dev/model-deployment=$1")
   endpoint=$(kubectl get pods "${selector[@]}" \
     -o jsonpath='{.items[?(@.status.phase=="Running")].metadata.annotations.sandbox\.taimatsu\.dev/endpoint}' | awk '{print $1}')
   if [ -z "$endpoint" ]; then
     endpoint=$(kubectl get pods "${selector[@]}" -o jsonpath='{.items[?(@.status.phase=="Running")].status.podIP}' | awk '{print $1}')
     [ -z "$endpoint" ] || endpoint="http://$endpoint:8000"
   fi
-  [ -n "$endpoint" ] || { log "no running worker pod"; return 1; }
+  [ -n "$endpoint" ] || { log "no running worker pod of $1"; return 1; }
+  echo "$endpoint"
+}
+chat() {
+  local endpoint
+  endpoint=$(endpoint_of "$MD") || return 1
   printf '\n\033[1m$ curl %s/v1/chat/completions\033[0m  (the worker pod the operator rendered)\n' "$endpoint"
   curl -sS --fail-with-body "$endpoint/v1/chat/completions" -H 'Content-Type: application/json' \
     -d '{"model": "smollm2-135m-instruct", "max_tokens": 40, "messages": [{"role": "user", "content": "In one sentence, why do hospitals run their own AI models?"}]}' \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); print("answer:", r["choices"][0]["message"]["content"].strip()); print("usage:", r["usage"])'
 }
 
+# The embeddings example (applied on the pod runner only): MiniLM's files, nested
+# directory included, fetched from the mirror and verified; a vector from /v1/embeddings.
+embed() {
+  kubectl get -n "$NS" modeldeployment/minilm-embeddings >/dev/null 2>&1 || return 0
+  step kubectl wait -n "$NS" modeldeployment/minilm-embeddings --for=condition=Ready --timeout=600s
+  local endpoint
+  endpoint=$(endpoint_of minilm-embeddings) || return 1
+  printf '\n\033[1m$ curl %s/v1/embeddings\033[0m\n' "$endpoint"
+  curl -sS --fail-with-body "$endpoint/v1/embeddings" -H 'Content-Type: application/json' \
+    -d '{"model": "all-minilm-l6-v2", "input": "Discharge letter, cardiology ward"}' \
+    | python3 -c 'import json,sys; v=json.load(sys.stdin)["data"][0]["embedding"]; print(f"embedding: {len(v)} dimensions, starting {[round(x, 4) for x in v[:4]]}")'
+}
 # Waits until the operator has seen the latest spec and the revision it asks for serves.
 converge() {
   local generation desired
@@ -68,6 +86,7 @@ demo() {
   step kubectl wait -n "$NS" "modeldeployment/$MD" --for=condition=Ready --timeout=600s
   step kubectl get models,modeldeployments -n "$NS"
   chat
+  embed
 
   log "a rollout: a changed engine setting is a new revision"
   local before len

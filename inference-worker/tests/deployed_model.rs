@@ -1,12 +1,14 @@
 //! End to end: the operator deploys examples/quickstart/ on a real control plane, the pod
 //! it renders runs (fetch with sha256 verification from an in-house mirror, then the
 //! worker with the built-in engine) under the pod runner, and the model answers a chat
-//! completion. Its own test binary: the sandbox assembly registers a cluster-wide
-//! admission webhook.
+//! completion; then examples/embeddings/ (MiniLM, whose files include a subdirectory)
+//! answers /v1/embeddings. Its own test binary: the sandbox assembly registers a
+//! cluster-wide admission webhook.
 
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -63,7 +65,10 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
     .await
     .expect("sandbox");
     eprintln!("operator log: {}", sandbox.operator_log.display());
+    let sandbox = Arc::new(sandbox);
+    let quickstart = sandbox.clone();
     with_namespace("quickstart", move |client, ns| async move {
+        let sandbox = quickstart;
         let params = PatchParams::apply("tests").force();
         let model = sandbox.apply_quickstart(&client, &ns, &params).await.expect("the quickstart");
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
@@ -150,6 +155,7 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         wait_for(&mds, "revision 1 serving by request", |s| s.serving_revision == Some(1) && s.desired_revision == Some(1)).await;
     })
     .await;
+    with_namespace("embeddings", move |client, ns| embeddings_example_answers(sandbox, client, ns)).await;
     let audit = std::fs::read(cp.dir().join("sandbox/audit/operator-0.jsonl")).unwrap();
     taimatsu_core::audit_chain::verify(&audit).expect("the control-plane audit verifies");
     let events: Vec<Value> = audit
@@ -169,4 +175,62 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
     assert_eq!((manual["revision"].as_i64(), manual["from"].as_i64()), (Some(1), Some(3)));
     assert_eq!(manual["requestedBy"], "taimatsu-admin", "the webhook's user, not a client tool's name");
     assert_eq!(manual["changeCause"], "INC-9: back to the first context length");
+}
+
+/// examples/embeddings/ from the mirror: the fetch step verifies every file of MiniLM's
+/// manifest (`1_Pooling/config.json` included) and the worker embeds with it.
+async fn embeddings_example_answers(sandbox: Arc<Sandbox>, client: kube::Client, ns: String) {
+    const EXAMPLE: &str = "examples/embeddings/minilm.yaml";
+    let model = sandbox.mirror.example_model(&client, &ns, EXAMPLE).await.expect("the embeddings Model");
+    assert!(model["spec"]["files"].as_array().unwrap().iter().any(|f| f["path"] == "1_Pooling/config.json"));
+    let params = PatchParams::apply("tests").force();
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    models.patch("all-minilm-l6-v2", &params, &Patch::Apply(&model)).await.expect("apply the Model");
+    let text = std::fs::read_to_string(common::repo_root().join(EXAMPLE)).unwrap();
+    let mut md: Value = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ModelDeployment")
+        .expect("the example's ModelDeployment");
+    // One replica is enough to show it serves; the example's two would load the model twice.
+    md["spec"]["replicas"] = json!(1);
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    mds.patch("minilm-embeddings", &params, &Patch::Apply(&md)).await.expect("apply the ModelDeployment");
+    let ready = poll_until("the embeddings deployment to be Ready", Duration::from_secs(300), || async {
+        let status = mds.get("minilm-embeddings").await?.status.unwrap_or_default();
+        Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(()))
+    })
+    .await;
+    if let Err(e) = ready {
+        panic!("{e:#}; status: {:#?}", mds.get("minilm-embeddings").await.ok().and_then(|m| m.status));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let list =
+        pods.list(&ListParams::default().labels("taimatsu.dev/model-deployment=minilm-embeddings")).await.unwrap();
+    let endpoint = list.items[0]
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ENDPOINT_ANNOTATION))
+        .cloned()
+        .expect("endpoint");
+    let answer: Value = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{endpoint}/v1/embeddings"))
+            .json(&json!({ "model": "all-minilm-l6-v2", "input": ["Discharge letter, cardiology ward", "Lettre de sortie"] }))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+    })
+    .await
+    .unwrap()
+    .expect("embeddings");
+    let data = answer["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2, "{answer}");
+    for item in data {
+        let vector = item["embedding"].as_array().expect("embedding");
+        // all-MiniLM-L6-v2 embeds into 384 dimensions; its modules.json ends with Normalize.
+        assert_eq!(vector.len(), 384);
+        let norm: f64 = vector.iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    }
 }

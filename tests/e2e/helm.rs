@@ -3,13 +3,15 @@
 //! lint, rendering checked by the API server's strict validation, the values schema, and an
 //! install → upgrade → uninstall cycle.
 //!
-//! What the real API server cannot show here: kwok's fake nodes run no containers, so the
-//! operator pods' readiness below is simulated by kwok. The operator process itself (leader
-//! election, webhook, reconciling) is tested in operator/tests.
+//! kwok's fake nodes run no containers, so the operator pods' readiness here is simulated
+//! by kwok. The chart's operator pods run for real in
+//! inference-worker/tests/chart_real_node.rs: on a real kubelet node, with the webhook on,
+//! deploying the quickstart.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,58 +24,29 @@ use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::Model;
-use taimatsu_tests::wait::poll_until;
-use taimatsu_tests::{ControlPlane, apply, crds, repo_root, with_namespace};
+use taimatsu_tests::helm::{Helm, chart};
+use taimatsu_tests::{ControlPlane, apply, crds, repo_root, wait, with_namespace};
 
 const CRD_NAMES: [&str; 3] =
     ["acceleratorprofiles.taimatsu.dev", "modeldeployments.taimatsu.dev", "models.taimatsu.dev"];
 
-fn helm_bin() -> PathBuf {
-    match std::env::var_os("TAIMATSU_HELM") {
-        Some(path) => PathBuf::from(path),
-        None => panic!(
-            "TAIMATSU_HELM is not set: run hack/helm.sh and export TAIMATSU_HELM=<the path it prints> \
-             (hack/test.sh does both)"
-        ),
-    }
+fn helm_tool() -> &'static Helm {
+    static HELM: OnceLock<Helm> = OnceLock::new();
+    HELM.get_or_init(|| Helm::from_env(Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home")))
 }
 
-fn chart(name: &str) -> String {
-    repo_root().join("charts").join(name).display().to_string()
-}
-
-/// helm with its cache, config and data under the test target directory (never $HOME), and
-/// the admin kubeconfig given explicitly when a control plane is.
+/// helm, with the admin kubeconfig given explicitly when a control plane is.
 fn helm(cp: Option<&ControlPlane>, args: &[&str]) -> Output {
-    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
-    let mut cmd = Command::new(helm_bin());
-    cmd.env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env_remove("KUBECONFIG")
-        .args(args);
-    if let Some(cp) = cp {
-        cmd.arg("--kubeconfig").arg(cp.kubeconfig("taimatsu-admin"));
-    }
-    cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", helm_bin().display()))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    helm_tool().run(cp.map(|cp| cp.kubeconfig("taimatsu-admin")).as_deref(), args)
 }
 
 /// Runs helm and returns stdout, or panics with everything it said.
 fn helm_ok(cp: Option<&ControlPlane>, args: &[&str]) -> String {
-    let out = helm(cp, args);
-    assert!(
-        out.status.success(),
-        "helm {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    helm_tool().ok(cp.map(|cp| cp.kubeconfig("taimatsu-admin")).as_deref(), args)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Every non-empty document of a multi-document YAML text, as JSON values.
@@ -362,39 +335,6 @@ async fn adopt_crds(client: &Client, release: &str, namespace: &str) {
     }
 }
 
-/// Waits until the Deployment has rolled out its current spec and every replica is
-/// available.
-async fn wait_rolled_out(client: &Client, ns: &str, name: &str) -> Deployment {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let found = poll_until(
-        &format!("Deployment {ns}/{name} to be Available with every replica updated"),
-        Duration::from_secs(120),
-        || async {
-            let Some(d) = api.get_opt(name).await? else { return Ok(None) };
-            let (spec, status) = (d.spec.as_ref(), d.status.as_ref());
-            let wanted = spec.and_then(|s| s.replicas).unwrap_or(1);
-            let done = status.is_some_and(|s| {
-                s.observed_generation == d.metadata.generation
-                    && s.updated_replicas == Some(wanted)
-                    && s.available_replicas == Some(wanted)
-                    && s.replicas == Some(wanted)
-                    && s.conditions.iter().flatten().any(|c| c.type_ == "Available" && c.status == "True")
-            });
-            Ok(done.then_some(d))
-        },
-    )
-    .await;
-    match found {
-        Ok(d) => d,
-        Err(e) => {
-            // The Deployment's conditions carry the ReplicaSet's failure (a Pod Security
-            // violation, say).
-            let status = api.get_opt(name).await.ok().flatten().and_then(|d| d.status);
-            panic!("{e:#}; status: {}", serde_json::to_string_pretty(&status).unwrap_or_default())
-        }
-    }
-}
-
 fn release_revision(cp: &ControlPlane, release: &str, ns: &str) -> i64 {
     let status: Value =
         serde_json::from_str(&helm_ok(Some(cp), &["status", release, "-n", ns, "-o", "json"])).expect("status JSON");
@@ -443,8 +383,11 @@ async fn helm_install_upgrade_uninstall() {
         eprintln!("{installed}");
         assert!(installed.contains("Audit webhook:  disabled"), "NOTES.txt:\n{installed}");
         // kwok marks the scheduled pods Running and Ready: this shows the objects are accepted,
-        // schedulable and admitted under the restricted policy, not that the operator runs.
-        let deployment = wait_rolled_out(&client, &ns, "taimatsu").await;
+        // schedulable and admitted under the restricted policy, not that the operator runs
+        // (chart_real_node.rs shows that).
+        let deployment = wait::deployment_rolled_out(&client, &ns, "taimatsu", Duration::from_secs(120))
+            .await
+            .expect("the operator Deployment");
         assert_eq!(deployment.spec.as_ref().and_then(|s| s.replicas), Some(2));
         let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
         assert!(cluster_roles.get_opt("taimatsu").await.expect("get ClusterRole").is_some());
@@ -515,7 +458,9 @@ async fn helm_install_upgrade_uninstall() {
         );
         assert_eq!(release_revision(cp, "taimatsu-crds", &ns), 2);
         assert_eq!(release_revision(cp, "taimatsu", &ns), 2);
-        let deployment = wait_rolled_out(&client, &ns, "taimatsu").await;
+        let deployment = wait::deployment_rolled_out(&client, &ns, "taimatsu", Duration::from_secs(120))
+            .await
+            .expect("the operator Deployment");
         let env =
             deployment.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].env.clone().unwrap_or_default());
         let log_format = env.iter().flatten().find(|e| e.name == "TAIMATSU_LOG_FORMAT").and_then(|e| e.value.clone());

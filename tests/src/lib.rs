@@ -12,6 +12,8 @@ pub mod certs;
 pub mod control_plane;
 pub mod crds;
 pub mod fleet;
+pub mod helm;
+pub mod mirror;
 pub mod namespace;
 pub mod otlp;
 pub mod pod_runner;

@@ -9,13 +9,9 @@
 //! the mirror where pods reach it, the node's bridge address.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 
-use axum::Router;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::routing::get;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
@@ -24,11 +20,9 @@ use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
 
 use crate::control_plane::free_port;
+use crate::mirror::Mirror;
 use crate::pod_runner::PodRunner;
 use crate::{ControlPlane, crds, rbac};
-
-/// The mirror's path for each model directory under the models dir (`hack/models.sh`).
-pub const MIRRORED: [(&str, &str); 2] = [("smollm2-135m-instruct", "smollm2"), ("all-minilm-l6-v2", "minilm")];
 
 /// What to run.
 pub struct SandboxConfig {
@@ -65,10 +59,8 @@ impl SandboxOptions {
 
 /// A running assembly; its processes and tasks stop when it is dropped or the process exits.
 pub struct Sandbox {
-    /// Base URL of the model mirror, e.g. `https://127.0.0.1:41000`.
-    pub mirror_url: String,
-    /// PEM of the CA that signs the mirror's certificate.
-    pub mirror_ca: String,
+    /// The in-house model mirror.
+    pub mirror: Mirror,
     /// The operator's control-plane audit file.
     pub audit_log: PathBuf,
     pub operator_log: PathBuf,
@@ -108,7 +100,7 @@ impl Sandbox {
             .patch("cpu-0", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
             .await?;
 
-        let (mirror_url, mirror_ca, mirror) = serve_mirror(config.models_dir.clone(), options.mirror_ip).await?;
+        let mirror = Mirror::serve(config.models_dir.clone(), options.mirror_ip).await?;
         let webhook_port = free_port()?;
         register_webhook(client, webhook_port).await?;
         std::fs::create_dir_all(&config.state_dir)?;
@@ -136,7 +128,7 @@ impl Sandbox {
         })
         .await?;
 
-        let mut tasks = vec![mirror];
+        let mut tasks = Vec::new();
         if options.pod_runner {
             let runner = PodRunner::new(client.clone(), config.worker_bin.clone(), config.state_dir.join("pods"));
             tasks.push(tokio::spawn(async move {
@@ -145,21 +137,13 @@ impl Sandbox {
                 }
             }));
         }
-        Ok(Sandbox { mirror_url, mirror_ca, audit_log, operator_log, operator, tasks })
+        Ok(Sandbox { mirror, audit_log, operator_log, operator, tasks })
     }
 
     /// examples/quickstart/model.yaml with its source pointed at this sandbox's mirror, and
     /// the Secret with the mirror's CA it names, created in `namespace`.
     pub async fn quickstart_model(&self, client: &Client, namespace: &str) -> anyhow::Result<Value> {
-        let text = std::fs::read_to_string(crate::repo_root().join("examples/quickstart/model.yaml"))?;
-        let mut model: Value = serde_yaml::from_str(&text)?;
-        model["spec"]["source"]["uri"] = json!(format!("{}/smollm2-135m-instruct/", self.mirror_url));
-        let ca = &model["spec"]["source"]["caBundleRef"];
-        let (name, key) = (ca["name"].as_str().unwrap_or_default(), ca["key"].as_str().unwrap_or_default());
-        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": { key: self.mirror_ca } });
-        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
-        secrets.patch(name, &PatchParams::apply(crate::apply::FIELD_MANAGER).force(), &Patch::Apply(secret)).await?;
-        Ok(model)
+        self.mirror.example_model(client, namespace, "examples/quickstart/model.yaml").await
     }
 
     /// Applies examples/quickstart/ to `namespace` with `params`: the Model pointed at this
@@ -204,43 +188,4 @@ pub async fn register_webhook(client: &Client, port: u16) -> anyhow::Result<()> 
     )
     .await?;
     Ok(())
-}
-
-/// An HTTPS file server for the model directories ([`MIRRORED`]) with a private CA, like an
-/// in-house mirror. Returns its base URL, its CA's PEM and the task.
-///
-/// On 127.0.0.1, or, with `pod_ip` (the address pods in their own network namespaces reach
-/// this host at), on every address with `pod_ip` in the URL and the certificate. Every
-/// address rather than `pod_ip` alone: the real node's bridge may come up after the mirror.
-async fn serve_mirror(
-    models_dir: PathBuf,
-    pod_ip: Option<IpAddr>,
-) -> anyhow::Result<(String, String, tokio::task::JoinHandle<()>)> {
-    let app = Router::new().route("/{model}/{file}", get(mirror_file)).with_state(models_dir);
-    let (listener, url, tls) = match pod_ip {
-        None => {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-            let url = format!("https://{}", listener.local_addr()?);
-            (listener, url, crate::tls::loopback_server_config()?)
-        }
-        Some(ip) => {
-            let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
-            let url = format!("https://{}", std::net::SocketAddr::new(ip, listener.local_addr()?.port()));
-            (listener, url, crate::tls::server_config(&[ip.to_string()])?)
-        }
-    };
-    let (ca_pem, config) = tls;
-    Ok((url, ca_pem, crate::tls::serve(listener, config, app)))
-}
-
-async fn mirror_file(
-    State(root): State<PathBuf>,
-    UrlPath((model, file)): UrlPath<(String, String)>,
-) -> Result<Vec<u8>, StatusCode> {
-    let dir =
-        MIRRORED.iter().find(|(name, _)| *name == model).map(|(_, dir)| root.join(dir)).ok_or(StatusCode::NOT_FOUND)?;
-    if file.contains("..") || file.contains('/') {
-        return Err(StatusCode::BAD_REQUEST);
-    }
-    tokio::fs::read(Path::new(&dir).join(file)).await.map_err(|_| StatusCode::NOT_FOUND)
 }

@@ -28,3 +28,37 @@ where
         interval = (interval * 2).min(Duration::from_millis(500));
     }
 }
+
+/// Waits until the Deployment `ns`/`name` has rolled out its current spec and every
+/// replica is available, or fails with its status (the ReplicaSet's failure, a Pod Security
+/// violation say, is in its conditions) when it does not within `timeout`.
+pub async fn deployment_rolled_out(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<k8s_openapi::api::apps::v1::Deployment> {
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client.clone(), ns);
+    let found =
+        poll_until(&format!("Deployment {ns}/{name} to be Available with every replica updated"), timeout, || async {
+            let Some(d) = api.get_opt(name).await? else { return Ok(None) };
+            let (spec, status) = (d.spec.as_ref(), d.status.as_ref());
+            let wanted = spec.and_then(|s| s.replicas).unwrap_or(1);
+            let done = status.is_some_and(|s| {
+                s.observed_generation == d.metadata.generation
+                    && s.updated_replicas == Some(wanted)
+                    && s.available_replicas == Some(wanted)
+                    && s.replicas == Some(wanted)
+                    && s.conditions.iter().flatten().any(|c| c.type_ == "Available" && c.status == "True")
+            });
+            Ok(done.then_some(d))
+        })
+        .await;
+    match found {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            let status = api.get_opt(name).await.ok().flatten().and_then(|d| d.status);
+            bail!("{e:#}; status: {}", serde_json::to_string_pretty(&status).unwrap_or_default())
+        }
+    }
+}

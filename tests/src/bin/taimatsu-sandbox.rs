@@ -1,9 +1,9 @@
 //! The local sandbox: a real control plane with fake GPU nodes (kwok), Taimatsu's CRDs,
 //! the operator with its admission webhook and audit trail, an in-house HTTPS model
 //! mirror, and the pod runner that runs worker pods as local processes; then the
-//! examples, with the quickstart model served for real. Kept running until
-//! SIGINT/SIGTERM. Started by `hack/sandbox.sh up`, which waits for the `ready` file this
-//! writes and then runs the demo.
+//! examples, with the quickstart (and, on the pod runner, the embeddings) model served
+//! for real. Kept running until SIGINT/SIGTERM. Started by `hack/sandbox.sh up`, which
+//! waits for the `ready` file this writes and then runs the demo.
 //!
 //! Environment: TAIMATSU_OPERATOR_BIN, TAIMATSU_WORKER_BIN, TAIMATSU_MODELS_DIR (set by
 //! hack/sandbox.sh). With TAIMATSU_NODE=real no pod runner starts: `hack/real-node.sh`
@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use serde::Deserialize;
 use serde_json::json;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
 use taimatsu_tests::{ControlPlane, apply, repo_root};
@@ -59,8 +60,7 @@ async fn main() -> anyhow::Result<()> {
     namespaces.patch(DEMO_NAMESPACE, &PatchParams::apply(apply::FIELD_MANAGER), &Patch::Apply(ns)).await?;
     let mut applied = 0;
     // The GPU examples are placed by the real scheduler on kwok's fake GPU nodes (kwok marks
-    // them running; nothing is served). The embeddings example is left out: its mirror path
-    // holds nested files this sandbox's mirror does not serve.
+    // them running; nothing is served).
     for sub in ["accelerator-profiles", "gpu"] {
         let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("examples").join(sub))?
             .map(|e| e.map(|e| e.path()))
@@ -81,6 +81,20 @@ async fn main() -> anyhow::Result<()> {
         deployment["spec"]["rollout"] = json!({ "maxSurge": 0, "maxUnavailable": 1 });
     }
     applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&deployment)?).await?.len();
+    // The embeddings example, served for real too, on the pod runner. Not on the real node:
+    // the quickstart's worker takes both of its CPUs (2 on the CI machines).
+    if !real_node {
+        const EMBEDDINGS: &str = "examples/embeddings/minilm.yaml";
+        let model = sandbox.mirror.example_model(&client, DEMO_NAMESPACE, EMBEDDINGS).await?;
+        applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&model)?).await?.len();
+        let text = std::fs::read_to_string(repo_root().join(EMBEDDINGS))?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let doc = serde_json::Value::deserialize(doc)?;
+            if doc["kind"] != "Model" {
+                applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&doc)?).await?.len();
+            }
+        }
+    }
 
     std::fs::write(dir.join("kubeconfig.path"), cp.kubeconfig("taimatsu-admin").display().to_string())?;
     std::fs::write(dir.join("audit.path"), sandbox.audit_log.display().to_string())?;
