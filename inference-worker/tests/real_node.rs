@@ -16,10 +16,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::real_node::{self, BRIDGE_IP, NODE_NAME, RealNode, WORKER_IMAGE};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{ListParams, PatchParams, PostParams};
@@ -30,67 +30,20 @@ use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
 use taimatsu_tests::wait::poll_until;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
-/// hack/real-node.sh's bridge address: the host as the pods see it.
-const BRIDGE_IP: &str = "10.85.0.1";
-const NODE_NAME: &str = "sandbox-node";
-/// The operator's default --worker-image, which hack/real-node.sh builds and imports.
-const WORKER_IMAGE: &str = "registry.local/taimatsu/inference-worker:0.1.0";
 
-fn real_node_script() -> PathBuf {
-    common::repo_root().join("hack/real-node.sh")
-}
-
-/// The running node; `hack/real-node.sh down` when dropped, also when the test panics.
-struct RealNode;
-
-impl RealNode {
-    /// Starts the node against `kubeconfig`. The worker image holds this test build's
-    /// inference-worker (so the test checks the code under test), unless
-    /// TAIMATSU_IMAGE_WORKER_BIN names another.
-    fn up(kubeconfig: &Path) -> RealNode {
-        let mut cmd = Command::new("bash");
-        cmd.arg(real_node_script()).arg("up").arg(kubeconfig);
-        if std::env::var_os("TAIMATSU_IMAGE_WORKER_BIN").is_none() {
-            cmd.env("TAIMATSU_IMAGE_WORKER_BIN", WORKER_BIN);
-        }
-        // A node left by an earlier run that was killed belongs to a control plane that is gone.
-        let _ = Command::new("bash").arg(real_node_script()).arg("down").status();
-        let status = cmd.status().expect("run hack/real-node.sh");
-        let node = RealNode;
-        assert!(status.success(), "hack/real-node.sh up failed (output above; logs in .cache/real-node/logs/)");
-        node
-    }
-}
-
-impl Drop for RealNode {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(real_node_script()).arg("down").status();
-    }
-}
-
-/// What to print when the pod did not get there: its status, and the kubelet's last words.
+/// What to print when the pod did not get there: the deployment's status, the pods', and
+/// the kubelet's last words.
 async fn diagnose(pods: &Api<Pod>, mds: &Api<ModelDeployment>) -> String {
-    let pods = pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-    let statuses: Vec<_> =
-        pods.iter().map(|p| (&p.metadata.name, p.spec.as_ref().and_then(|s| s.node_name.clone()), &p.status)).collect();
-    let kubelet_log = common::repo_root().join(".cache/real-node/logs/kubelet.log");
-    let log = std::fs::read_to_string(&kubelet_log).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(20).collect();
     format!(
-        "deployment status: {:#?}\npods: {statuses:#?}\nlast kubelet log lines ({}):\n{}",
+        "deployment status: {:#?}\n{}",
         mds.get("smollm2-chat").await.ok().and_then(|m| m.status),
-        kubelet_log.display(),
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        real_node::diagnose_pods(pods).await
     )
 }
 
 #[tokio::test]
 async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
-    if std::env::var("TAIMATSU_REAL_NODE").map_or(true, |v| v.is_empty() || v == "0") {
-        eprintln!(
-            "skipped: set TAIMATSU_REAL_NODE=1 to run the quickstart on a real kubelet with containerd \
-             (needs root; see docs/real-node.md)"
-        );
+    if !real_node::enabled() {
         return;
     }
     let started = Instant::now();
@@ -103,8 +56,7 @@ async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
     // A control plane of its own, in a directory no other test binary's cleanup of
     // /tmp/taimatsu-test-cluster-* can remove from under it (the kubelet outlives the
     // processes of this binary only until the guard below stops it).
-    let cp =
-        ControlPlane::start_in(std::env::temp_dir().join("taimatsu-real-node-cluster")).await.expect("control plane");
+    let cp = ControlPlane::start_in(real_node::cluster_dir()).await.expect("control plane");
     let cp = &cp;
     let client = cp.client().await.unwrap();
     let config = SandboxConfig {
@@ -116,7 +68,7 @@ async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
     let options = SandboxOptions::real_node(BRIDGE_IP.parse().unwrap());
     let sandbox = Sandbox::start_with(cp, &client, config, options).await.expect("sandbox");
     eprintln!("operator log: {}", sandbox.operator_log.display());
-    let node = RealNode::up(&cp.kubeconfig("taimatsu-admin"));
+    let node = RealNode::up(&cp.kubeconfig("taimatsu-admin"), Path::new(WORKER_BIN), None);
     eprintln!("control plane, operator and real node up after {:.0}s", started.elapsed().as_secs_f64());
 
     {
@@ -135,24 +87,7 @@ async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
                 let (mds, pods) = (mds.clone(), pods.clone());
                 async move {
                     // A container killed by its memory limit restarts forever: fail now, saying so.
-                    for pod in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-                        let spec = pod.spec.unwrap_or_default();
-                        for status in pod.status.and_then(|s| s.container_statuses).unwrap_or_default() {
-                            let last = status.last_state.and_then(|s| s.terminated);
-                            if last.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled")) {
-                                let limits = spec
-                                    .containers
-                                    .iter()
-                                    .find(|c| c.name == status.name)
-                                    .and_then(|c| c.resources.clone())
-                                    .and_then(|r| r.limits);
-                                anyhow::bail!(
-                                    "container {} was OOMKilled under its memory limit {limits:?}",
-                                    status.name
-                                );
-                            }
-                        }
-                    }
+                    real_node::fail_on_oom(&pods).await?;
                     // A slow API server (two shared cores) is not a failure: look again.
                     let Ok(md) = mds.get("smollm2-chat").await else { return Ok(None) };
                     let status = md.status.unwrap_or_default();

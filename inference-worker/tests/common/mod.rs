@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use taimatsu_core::{ManifestEntry, ModelManifest, manifest_digest};
 
+pub mod real_node;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
