@@ -114,9 +114,12 @@ impl PodRunner {
                 "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                 "taimatsu.dev/sandbox": "local-processes",
             }},
+            // Declared, not enforced (the runner sets no limits): room for the sandbox's
+            // workers (the quickstart, its rollout's surge pod and the two embeddings
+            // replicas ask for 2 CPUs each), whatever the machine has.
             "status": {
-                "capacity": { "cpu": "4", "memory": "16Gi", "pods": "20", "ephemeral-storage": "100Gi" },
-                "allocatable": { "cpu": "4", "memory": "16Gi", "pods": "20", "ephemeral-storage": "100Gi" },
+                "capacity": { "cpu": "8", "memory": "16Gi", "pods": "20", "ephemeral-storage": "100Gi" },
+                "allocatable": { "cpu": "8", "memory": "16Gi", "pods": "20", "ephemeral-storage": "100Gi" },
                 "nodeInfo": { "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "taimatsu-pod-runner" },
             },
         });
