@@ -17,3 +17,4 @@ pub mod rollout;
 pub mod status;
 pub mod validate;
 pub mod webhook;
+pub mod webhook_tls;

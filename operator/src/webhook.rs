@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -20,12 +20,9 @@ use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use kube::api::{DynamicObject, PostParams};
+use kube::Client;
+use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::{Api, Client};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use taimatsu_crds::v1alpha1::CHANGE_CAUSE_ANNOTATION;
 use tracing::{info, warn};
@@ -36,9 +33,10 @@ use crate::audit::ControlPlaneAudit;
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
     pub addr: SocketAddr,
-    /// Directory with `tls.crt` and `tls.key` (from Helm or cert-manager). When they are
-    /// missing, a CA and certificate are generated for `dns_names` and the CA is written
-    /// into the `configuration`'s caBundle.
+    /// Directory with `tls.crt` and `tls.key` (from Helm or cert-manager), read again when
+    /// they change. When they are missing, a CA and certificate are generated for
+    /// `dns_names` and the CA is written into the `configuration`'s caBundle (see
+    /// `crate::webhook_tls`).
     pub cert_dir: PathBuf,
     pub dns_names: Vec<String>,
     pub configuration: String,
@@ -82,7 +80,7 @@ pub async fn serve(
     audit: Arc<ControlPlaneAudit>,
     requesters: Requesters,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let tls = tls_config(&client, &config).await?;
+    let tls = crate::webhook_tls::server_config(&client, &config).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let app = Router::new().route("/validate", post(validate)).with_state(Shared { audit, requesters });
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
@@ -159,60 +157,4 @@ async fn validate(
             axum::Json(denied.into_review())
         }
     }
-}
-
-/// The webhook's TLS configuration: supplied files, or a generated CA and certificate whose
-/// CA is published in the ValidatingWebhookConfiguration.
-async fn tls_config(client: &Client, config: &WebhookConfig) -> anyhow::Result<rustls::ServerConfig> {
-    let (cert_file, key_file) = (config.cert_dir.join("tls.crt"), config.cert_dir.join("tls.key"));
-    let (chain, key) = if cert_file.exists() && key_file.exists() {
-        info!(dir = %config.cert_dir.display(), "webhook certificate from files");
-        load(&cert_file, &key_file)?
-    } else {
-        let (ca_pem, chain, key) = generate(&config.dns_names)?;
-        publish_ca(client, &config.configuration, &ca_pem).await?;
-        (chain, key)
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?)
-}
-
-fn load(cert: &Path, key: &Path) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    Ok((chain, key))
-}
-
-/// A CA and a serving certificate for `names` (DNS names or IP addresses).
-fn generate(names: &[String]) -> anyhow::Result<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "taimatsu-webhook-ca");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
-    let mut leaf_params = rcgen::CertificateParams::new(names.to_vec())?;
-    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "taimatsu-webhook");
-    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = rcgen::KeyPair::generate()?;
-    let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
-    let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| anyhow::anyhow!(e))?;
-    Ok((ca.pem(), vec![leaf.der().clone(), ca.der().clone()], key))
-}
-
-/// Writes the CA into every webhook of the configuration, so the API server trusts it.
-async fn publish_ca(client: &Client, name: &str, ca_pem: &str) -> anyhow::Result<()> {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let mut configuration = api.get(name).await.map_err(|e| {
-        anyhow::anyhow!("the webhook certificate was generated, but ValidatingWebhookConfiguration {name} could not be read to publish its CA ({e}): create it first, or supply tls.crt/tls.key in --webhook-cert-dir")
-    })?;
-    let bundle = k8s_openapi::ByteString(ca_pem.as_bytes().to_vec());
-    for webhook in configuration.webhooks.iter_mut().flatten() {
-        webhook.client_config.ca_bundle = Some(bundle.clone());
-    }
-    api.replace(name, &PostParams::default(), &configuration).await?;
-    info!(configuration = %name, "published the generated webhook CA");
-    Ok(())
 }

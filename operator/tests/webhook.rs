@@ -1,6 +1,7 @@
 //! The admission webhook, called by the real kube-apiserver over TLS: it records the
 //! requesting user of each change in the control-plane audit chain, names that user on
-//! the revision it creates, and with failurePolicy Fail no change passes while it is down.
+//! the revision it creates, with failurePolicy Fail no change passes while it is down, and
+//! a certificate from files is reloaded when it is renewed.
 //! Its own test binary: the webhook configuration intercepts every Taimatsu object of
 //! this control plane.
 
@@ -111,5 +112,86 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         assert!(err.to_string().contains("audit.taimatsu.dev"), "{err}");
     })
     .await;
+
+    // Certificates from files (as Helm or cert-manager mount them) are reloaded when they
+    // change: after a renewal under a new CA, and the caBundle changed to it, changes are
+    // admitted again without restarting the operator.
+    let cert_dir = cp.dir().join("webhook-certs");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    let first_ca = write_serving_pair(&cert_dir);
+    set_ca_bundle(&vwcs, &first_ca).await;
+    let mut operator = operator_command(cp, "webhook-operator-files", "webhook-test-files", free_port().unwrap());
+    operator.args([
+        format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+        format!("--webhook-cert-dir={}", cert_dir.display()),
+    ]);
+    let (mut child, log) = cp.start_process("webhook-operator-files", operator).unwrap();
+    eprintln!("operator log: {}", log.display());
+    with_namespace("webhook-renewal", move |client, ns| async move {
+        admitted_in_time(&client, &ns, "before-renewal").await;
+        let renewed_ca = write_serving_pair(&cert_dir);
+        let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+        set_ca_bundle(&vwcs, &renewed_ca).await;
+        admitted_in_time(&client, &ns, "after-renewal").await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("webhook certificate reloaded"), "the operator did not say it reloaded:\n{text}");
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
     vwcs.delete("taimatsu-operator", &Default::default()).await.unwrap();
+}
+
+/// Writes a new CA and a serving certificate for 127.0.0.1 signed by it into `dir` as
+/// `tls.crt`/`tls.key`, replacing both files at once as the kubelet does; returns the CA.
+fn write_serving_pair(dir: &std::path::Path) -> String {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("tls.crt.new"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    ca.pem()
+}
+
+async fn set_ca_bundle(vwcs: &Api<ValidatingWebhookConfiguration>, ca_pem: &str) {
+    let mut configuration = vwcs.get("taimatsu-operator").await.unwrap();
+    for webhook in configuration.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    vwcs.replace("taimatsu-operator", &Default::default(), &configuration).await.unwrap();
+}
+
+/// Creates the Model `name`, which the fail-closed webhook admits only once the API server
+/// trusts the certificate the operator serves (the API server picks up a changed caBundle
+/// within moments, and the operator may still be starting): retried for 30 s.
+async fn admitted_in_time(client: &Client, ns: &str, name: &str) {
+    let models: Api<taimatsu_crds::v1alpha1::Model> = Api::namespaced(client.clone(), ns);
+    let model = json!({
+        "apiVersion": "taimatsu.dev/v1alpha1", "kind": "Model", "metadata": { "name": name },
+        "spec": { "source": { "uri": "https://mirror.example/m/" }, "format": "gguf",
+                  "files": [{ "path": "m.gguf", "size": 1, "sha256": "a".repeat(64) }],
+                  "architecture": "llama", "parameters": "135M", "contextLength": 2048, "license": "MIT" },
+    });
+    let last = std::sync::Mutex::new(String::new());
+    let admitted = poll_until(&format!("Model {name} to be admitted by the webhook"), Duration::from_secs(30), || {
+        let (models, model) = (models.clone(), model.clone());
+        let last = &last;
+        async move {
+            match models.patch(name, &PatchParams::apply("tests"), &Patch::Apply(model)).await {
+                Ok(_) => Ok(Some(())),
+                Err(e) => {
+                    *last.lock().unwrap() = e.to_string();
+                    Ok(None)
+                }
+            }
+        }
+    })
+    .await;
+    if let Err(e) = admitted {
+        panic!("{e:#}; last refusal: {}", last.lock().unwrap());
+    }
 }
