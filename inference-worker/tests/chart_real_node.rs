@@ -223,6 +223,10 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
         let records = audit_records(&cp, &first);
         assert!(has_record(&records, "admission", "smollm2-chat"), "no admission record in {records:#?}");
         assert!(has_record(&records, "revision-created", "smollm2-chat"), "no revision record in {records:#?}");
+        // Whichever replica's webhook admitted it, the leader names the user who asked (not
+        // the field manager, "tests").
+        let created = records.iter().find(|r| r["event"] == "revision-created").unwrap();
+        assert_eq!(created["requestedBy"], "taimatsu-admin", "{created}");
 
         // An upgrade with a changed value rolls both pods (one at a time: the chart's PDB and
         // rolling update); the new pods take over the Lease and the webhook.

@@ -22,6 +22,10 @@
 //! last swap (`last-batch`) so a crash gap of a whole batch can be repaired. The replica
 //! also remembers the head as it last swapped it: a stale copy costs one conflict and a
 //! re-read, never a fork, since the swap is conditional on its resourceVersion.
+//!
+//! Who asked: the head also keeps the requesting user of the latest ModelDeployment
+//! generations the admission webhook recorded (`recent-requesters`), so the leader can name
+//! the user on a revision even when another replica's webhook admitted the change.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -100,6 +104,8 @@ struct Head {
     batch: String,
     /// Digests of the decision ids of the latest records, oldest first.
     recent: Vec<String>,
+    /// `namespace/name/generation "user"` of the latest ModelDeployment admissions, oldest first.
+    requesters: Vec<String>,
     resource_version: Option<String>,
 }
 
@@ -107,6 +113,10 @@ struct Head {
 const LINE_KEY: &str = "last-record";
 const BATCH_KEY: &str = "last-batch";
 const RECENT_KEY: &str = "recent-decisions";
+const REQUESTERS_KEY: &str = "recent-requesters";
+/// Admissions remembered by the head: the leader looks a generation up moments after its
+/// admission, so this only has to outlast a burst of changes.
+const REQUESTERS_LIMIT: usize = 256;
 /// Decision ids remembered by the head: far more than one reconcile's retries can need.
 const RECENT_LIMIT: usize = 512;
 /// Records sealed by one swap: keeps the head ConfigMap far below its 1 MiB limit.
@@ -230,6 +240,7 @@ impl ControlPlaneAudit {
             self.check_not_diverged(committer.file.as_ref().map(|(_, s)| s), &head)?;
             let mut state = head.state.clone();
             let mut recent = head.recent.clone();
+            let mut requesters = head.requesters.clone();
             let mut lines = String::new();
             let mut seqs = Vec::with_capacity(records.len());
             for (record, decision) in records {
@@ -242,6 +253,7 @@ impl ControlPlaneAudit {
                 let line = state.seal(record).map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
                 lines.push_str(&line);
                 recent.extend(decision.map(str::to_owned));
+                requesters.extend(requester_line(record));
                 seqs.push(state.last_seq);
             }
             if lines.is_empty() {
@@ -250,7 +262,9 @@ impl ControlPlaneAudit {
             }
             let excess = recent.len().saturating_sub(RECENT_LIMIT);
             recent.drain(..excess);
-            let map = self.head_map(&lines, &recent, head.resource_version.clone());
+            let excess = requesters.len().saturating_sub(REQUESTERS_LIMIT);
+            requesters.drain(..excess);
+            let map = self.head_map(&lines, &recent, &requesters, head.resource_version.clone());
             let swapped = match head.resource_version {
                 Some(_) => api.replace(&self.config.head_name, &PostParams::default(), &map).await,
                 None => api.create(&PostParams::default(), &map).await,
@@ -276,8 +290,8 @@ impl ControlPlaneAudit {
                 }
                 tracing::info!(target: taimatsu_telemetry::EXPORTED_LOG_TARGET, { audit.record = line.trim_end() }, "control-plane audit record");
             }
-            committer.head =
-                Some(Head { state, batch: lines, recent, resource_version: swapped.metadata.resource_version });
+            let resource_version = swapped.metadata.resource_version;
+            committer.head = Some(Head { state, batch: lines, recent, requesters, resource_version });
             return Ok(seqs);
         }
         Err(AuditError::Contended)
@@ -308,6 +322,7 @@ impl ControlPlaneAudit {
                 state: ChainState::default(),
                 batch: String::new(),
                 recent: Vec::new(),
+                requesters: Vec::new(),
                 resource_version: None,
             });
         };
@@ -324,12 +339,35 @@ impl ControlPlaneAudit {
                 ChainState { last_seq: seq, last_hash: hash.to_owned() }
             }
         };
-        let recent = data.get(RECENT_KEY).map(|r| r.lines().map(str::to_owned).collect()).unwrap_or_default();
+        let lines = |key| data.get(key).map(|r| r.lines().map(str::to_owned).collect()).unwrap_or_default();
+        let (recent, requesters) = (lines(RECENT_KEY), lines(REQUESTERS_KEY));
         let batch = if batch.is_empty() || batch.ends_with('\n') { batch } else { batch + "\n" };
-        Ok(Head { state, batch, recent, resource_version: map.metadata.resource_version })
+        Ok(Head { state, batch, recent, requesters, resource_version: map.metadata.resource_version })
     }
 
-    fn head_map(&self, lines: &str, recent: &[String], resource_version: Option<String>) -> ConfigMap {
+    /// The user whose request the admission webhook recorded for `generation` of the
+    /// ModelDeployment `namespace/name`, as the head holds it now (any replica's webhook).
+    /// None when the head does not remember it: no webhook, or too long ago.
+    pub async fn requester(&self, namespace: &str, name: &str, generation: i64) -> Result<Option<String>, AuditError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.config.head_namespace);
+        let head = self.read_head(&api).await?;
+        let key = format!("{namespace}/{name}/{generation} ");
+        // The latest admission of that generation, as this replica's own cache keeps it.
+        Ok(head
+            .requesters
+            .iter()
+            .rev()
+            .find_map(|line| line.strip_prefix(&key))
+            .and_then(|user| serde_json::from_str::<String>(user).ok()))
+    }
+
+    fn head_map(
+        &self,
+        lines: &str,
+        recent: &[String],
+        requesters: &[String],
+        resource_version: Option<String>,
+    ) -> ConfigMap {
         let last = lines.split_inclusive('\n').next_back().unwrap_or_default();
         ConfigMap {
             metadata: ObjectMeta {
@@ -346,10 +384,23 @@ impl ControlPlaneAudit {
                 (LINE_KEY.to_owned(), last.to_owned()),
                 (BATCH_KEY.to_owned(), lines.to_owned()),
                 (RECENT_KEY.to_owned(), recent.join("\n")),
+                (REQUESTERS_KEY.to_owned(), requesters.join("\n")),
             ])),
             ..Default::default()
         }
     }
+}
+
+/// `namespace/name/generation "user"` for a webhook's admission record of a ModelDeployment
+/// generation. Namespaces and names cannot hold `/` or spaces; the user is JSON-quoted.
+fn requester_line(record: &Value) -> Option<String> {
+    if record["event"] != "admission" || record["kind"] != "ModelDeployment" {
+        return None;
+    }
+    let (ns, name, generation) =
+        (record["namespace"].as_str()?, record["name"].as_str()?, record["generation"].as_i64()?);
+    let user = serde_json::to_string(record["user"].as_str()?).ok()?;
+    Some(format!("{ns}/{name}/{generation} {user}"))
 }
 
 /// The lines of `batch` after the file's last record, when they continue its chain.
@@ -419,4 +470,25 @@ fn decision_digest(decision: &str) -> String {
 
 fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requester_lines_name_the_generation_and_quote_the_user() {
+        let admission = json!({ "event": "admission", "kind": "ModelDeployment", "namespace": "clinic",
+                                "name": "chat", "generation": 3, "user": "Dr. Alice \"on call\"" });
+        assert_eq!(requester_line(&admission).as_deref(), Some(r#"clinic/chat/3 "Dr. Alice \"on call\"""#));
+        for other in [
+            json!({ "event": "admission", "kind": "Model", "namespace": "clinic", "name": "m", "generation": 1, "user": "a" }),
+            json!({ "event": "revision-created", "modelDeployment": "chat", "namespace": "clinic", "revision": 1 }),
+            // A delete carries no new generation.
+            json!({ "event": "admission", "kind": "ModelDeployment", "namespace": "clinic", "name": "chat", "user": "a" }),
+        ] {
+            assert_eq!(requester_line(&other), None, "{other}");
+        }
+    }
 }

@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             identity: identity.clone(),
         },
     )?);
-    let requesters = Requesters::default();
+    let requesters = Requesters::new(!args.webhook_addr.is_empty());
     let webhook = match args.webhook_addr.as_str() {
         "" => None,
         addr => {

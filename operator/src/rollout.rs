@@ -57,7 +57,7 @@ pub async fn reconcile(md: &ModelDeployment, ctx: &Context) -> Result<Action, Er
             SpecRevision::Blocked(b) => return controller::block(md, ctx, b).await,
             SpecRevision::Recorded(r) => r,
             SpecRevision::New(mut snapshot) => {
-                if let Some(user) = ctx.requesters.get(&ns, &name, generation) {
+                if let Some(user) = requester(ctx, &ns, &name, generation).await? {
                     snapshot.requested_by = user;
                 }
                 let number = plan::latest(&records).map_or(1, |r| r.number + 1);
@@ -214,7 +214,7 @@ async fn restart(
     fields["from"] = json!(stable.map(|s| s.number));
     fields["previousOutcome"] = json!(previous.as_str());
     let generation = md.metadata.generation.unwrap_or_default();
-    let who = ctx.requesters.get(ns, &md.name_any(), generation).unwrap_or_else(|| spec_manager(md));
+    let who = requester(ctx, ns, &md.name_any(), generation).await?.unwrap_or_else(|| spec_manager(md));
     fields["requestedBy"] = json!(who);
     fields["changeCause"] = json!(md.annotations().get(CHANGE_CAUSE_ANNOTATION));
     audit(ctx, md, kind, fields).await?;
@@ -529,6 +529,19 @@ async fn event(ctx: &Context, md: &ModelDeployment, type_: EventType, reason: Re
 
 fn elapsed_seconds(started: Option<&str>) -> i64 {
     started.and_then(|s| s.parse::<Timestamp>().ok()).map_or(0, |t| Timestamp::now().duration_since(t).as_secs())
+}
+
+/// Who asked for `generation`: as this replica's webhook saw it, else as another replica's
+/// webhook recorded it in the audit head (with two replicas, the Service sends half the
+/// admissions to the one that does not lead). None without a webhook.
+async fn requester(ctx: &Context, ns: &str, name: &str, generation: i64) -> Result<Option<String>, Error> {
+    if let Some(user) = ctx.requesters.get(ns, name, generation) {
+        return Ok(Some(user));
+    }
+    if !ctx.requesters.webhook_serves() {
+        return Ok(None);
+    }
+    Ok(ctx.audit.requester(ns, name, generation).await?)
 }
 
 #[cfg(test)]

@@ -47,18 +47,33 @@ type GenerationKey = (String, String, i64);
 
 /// Who asked for each ModelDeployment generation, as this replica's webhook saw it.
 #[derive(Clone, Default)]
-pub struct Requesters(Arc<Mutex<HashMap<GenerationKey, String>>>);
+pub struct Requesters {
+    seen: Arc<Mutex<HashMap<GenerationKey, String>>>,
+    /// Whether the webhooks serve: then every admission is also in the audit head, where
+    /// the leader looks up what another replica admitted.
+    webhook: bool,
+}
 
 impl Requesters {
+    /// `webhook`: whether the replicas serve the admission webhook.
+    pub fn new(webhook: bool) -> Self {
+        Requesters { seen: Arc::default(), webhook }
+    }
+
+    /// Whether the replicas serve the admission webhook.
+    pub fn webhook_serves(&self) -> bool {
+        self.webhook
+    }
+
     /// The user whose request produced `generation` of `namespace/name`, if this replica
     /// admitted it.
     pub fn get(&self, namespace: &str, name: &str, generation: i64) -> Option<String> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(namespace.to_owned(), name.to_owned(), generation)).cloned()
     }
 
     fn insert(&self, key: GenerationKey, user: String) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: the audit trail, not this cache, is the record.
         if map.len() >= 10_000 {
             map.clear();

@@ -1,7 +1,8 @@
 //! The admission webhook, called by the real kube-apiserver over TLS: it records the
 //! requesting user of each change in the control-plane audit chain, names that user on
-//! the revision it creates, with failurePolicy Fail no change passes while it is down, and
-//! a certificate from files is reloaded when it is renewed.
+//! the revision it creates (also when another replica's webhook admitted the change), with
+//! failurePolicy Fail no change passes while it is down, and a certificate from files is
+//! reloaded when it is renewed.
 //! Its own test binary: the webhook configuration intercepts every Taimatsu object of
 //! this control plane.
 
@@ -113,21 +114,36 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
     })
     .await;
 
-    // Certificates from files (as Helm or cert-manager mount them) are reloaded when they
-    // change: after a renewal under a new CA, and the caBundle changed to it, changes are
-    // admitted again without restarting the operator.
+    // Two replicas, as the chart runs them. The leader's webhook is not the one the API
+    // server calls (the Service may send any admission to either): the standby admits
+    // alice's change, and the leader still names her on the revision, from the audit head.
+    // The standby's certificate comes from files (as Helm or cert-manager mount them) and is
+    // reloaded when it changes: after a renewal under a new CA, and the caBundle changed to
+    // it, changes are admitted again without restarting it.
     let cert_dir = cp.dir().join("webhook-certs");
     std::fs::create_dir_all(&cert_dir).unwrap();
     let first_ca = write_serving_pair(&cert_dir);
     set_ca_bundle(&vwcs, &first_ca).await;
-    let mut operator = operator_command(cp, "webhook-operator-files", "webhook-test-files", free_port().unwrap());
-    operator.args([
-        format!("--webhook-addr=127.0.0.1:{webhook_port}"),
-        format!("--webhook-cert-dir={}", cert_dir.display()),
-    ]);
-    let (mut child, log) = cp.start_process("webhook-operator-files", operator).unwrap();
-    eprintln!("operator log: {}", log.display());
-    with_namespace("webhook-renewal", move |client, ns| async move {
+    let replica = |identity: &str, webhook_port: u16| {
+        let mut operator = operator_command(cp, identity, "webhook-replicas", free_port().unwrap());
+        operator.args([
+            format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+            format!("--webhook-cert-dir={}", cert_dir.display()),
+        ]);
+        let (child, log) = cp.start_process(identity, operator).unwrap();
+        eprintln!("operator log: {}", log.display());
+        (child, log)
+    };
+    let (mut leader, _) = replica("webhook-leader", free_port().unwrap());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "default");
+    poll_until("webhook-leader to lead", Duration::from_secs(60), || async {
+        let holder = leases.get_opt("webhook-replicas").await?.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+        Ok((holder.as_deref() == Some("webhook-leader")).then_some(()))
+    })
+    .await
+    .unwrap();
+    let (mut standby, log) = replica("webhook-standby", webhook_port);
+    with_namespace("webhook-replicas", move |client, ns| async move {
         admitted_in_time(&client, &ns, "before-renewal").await;
         let renewed_ca = write_serving_pair(&cert_dir);
         let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
@@ -135,10 +151,37 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         admitted_in_time(&client, &ns, "after-renewal").await;
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("webhook certificate reloaded"), "the operator did not say it reloaded:\n{text}");
+
+        let_alice_deploy(&client, &ns).await;
+        let alice = cp.client_as("alice").await.unwrap();
+        create_model(&alice, &ns, "qwen", "7.6B").await;
+        let md = json!({
+            "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "metadata": { "name": "chat" },
+            "spec": { "modelRef": { "name": "qwen" }, "quantization": "awq", "engine": { "type": "vllm" },
+                      "placement": { "acceleratorProfileRef": { "name": "l4-24gb" } } },
+        });
+        let mds: Api<ModelDeployment> = Api::namespaced(alice, &ns);
+        mds.patch("chat", &PatchParams::apply("alice-cli"), &Patch::Apply(md)).await.expect("alice deploys");
+        wait_reason(&client, &ns, "chat", "Ready", "Available").await;
+        // The standby's file is a segment of the chain (the first phase's records precede
+        // it), so it is read without verifying from the genesis.
+        let segment = std::fs::read_to_string(audit_log(cp, "webhook-standby")).unwrap();
+        let standby_records: Vec<Value> =
+            segment.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["record"].clone()).collect();
+        assert!(
+            standby_records
+                .iter()
+                .any(|r| r["event"] == "admission" && r["namespace"] == ns.as_str() && r["user"] == "alice"),
+            "the standby admitted alice's change: {standby_records:#?}"
+        );
+        let history = store::list(&client, &ns, "chat").await.unwrap();
+        assert_eq!(history[0].snapshot.requested_by, "alice", "not the client tool's name (alice-cli)");
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    for child in [&mut standby, &mut leader] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     vwcs.delete("taimatsu-operator", &Default::default()).await.unwrap();
 }
 
