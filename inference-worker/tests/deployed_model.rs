@@ -147,6 +147,18 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         assert_eq!((rolled_back.status.as_str(), rolled_back.reason.as_str()), ("True", "DigestMismatch"), "{rolled_back:?}");
         wait_for(&mds, "revision 3 serving again", |s| s.serving_revision == Some(3) && s.ready_replicas == Some(1)).await;
 
+        // A file the mirror does not have: the fetch step fails (404) each time the pod
+        // restarts it; after its retries the revision fails with FetchFailed, the mirror's
+        // answer in the message, and serving stays on revision 3.
+        let mut missing = model.clone();
+        missing["spec"]["files"][0]["path"] = json!("SmolLM2-135M-Instruct.Q4_1.renamed.gguf");
+        models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&missing)).await.expect("model");
+        let md = wait_for(&mds, "revision 5 to fail its fetch", |s| s.failed_revision == Some(5)).await;
+        let rolled_back = md.conditions.iter().find(|c| c.type_ == "RolledBack").unwrap();
+        assert_eq!((rolled_back.status.as_str(), rolled_back.reason.as_str()), ("True", "FetchFailed"), "{rolled_back:?}");
+        assert!(rolled_back.message.contains("404"), "{}", rolled_back.message);
+        wait_for(&mds, "revision 3 serving after the failed fetch", |s| s.serving_revision == Some(3) && s.ready_replicas == Some(1)).await;
+
         // A manual rollback to revision 1, with its reason, recorded with the requesting user
         // as the admission webhook saw it.
         let rollback = json!({ "metadata": { "annotations": { "taimatsu.dev/change-cause": "INC-9: back to the first context length" } },
@@ -171,6 +183,9 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
     let verification =
         events.iter().find(|r| r["event"] == "model-verification-failed").expect("model-verification-failed");
     assert_eq!(verification["revision"], 4);
+    let fetch =
+        events.iter().find(|r| r["event"] == "rollout-failed" && r["revision"] == 5).expect("revision 5 failed");
+    assert_eq!(fetch["reason"], "FetchFailed", "{fetch}");
     let manual = events.iter().find(|r| r["event"] == "rollback-manual").expect("rollback-manual");
     assert_eq!((manual["revision"].as_i64(), manual["from"].as_i64()), (Some(1), Some(3)));
     assert_eq!(manual["requestedBy"], "taimatsu-admin", "the webhook's user, not a client tool's name");
