@@ -38,6 +38,14 @@ struct State {
     baseline: Sample,
 }
 
+/// The HTTP client of every analysis: one connection pool for the operator's lifetime,
+/// rather than a client (and its TLS setup) per reconcile.
+static PROBES: std::sync::LazyLock<Option<reqwest::Client>> = std::sync::LazyLock::new(|| probe_client().ok());
+
+fn probe_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).build()
+}
+
 /// Runs or continues the analysis of `record`, whose `pods` are all available.
 pub async fn analyse(
     md: &ModelDeployment,
@@ -51,15 +59,20 @@ pub async fn analyse(
     if ips.is_empty() {
         return Ok(Verdict::Waiting(Duration::from_secs(2)));
     }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().map_err(probe_error)?;
+    // Built once; should that ever fail, each analysis tries again and reports the error.
+    let http = match PROBES.as_ref() {
+        Some(http) => http.clone(),
+        None => probe_client().map_err(probe_error)?,
+    };
+    let http = &http;
     let window = Duration::from_secs(u64::try_from(spec.window_seconds).unwrap_or(60));
     let state = record.analysis.as_deref().and_then(|s| serde_json::from_str::<State>(s).ok());
     let Some(state) = state else {
-        let baseline = match scrape(&http, &ips).await {
+        let baseline = match scrape(http, &ips).await {
             Ok(s) => s,
             Err(why) => return Ok(Verdict::Failed(why)),
         };
-        if let Err(why) = smoke(&http, &ips, &record.snapshot.model_name, spec).await {
+        if let Err(why) = smoke(http, &ips, &record.snapshot.model_name, spec).await {
             return Ok(Verdict::Failed(why));
         }
         let state = State { started: Timestamp::now().to_string(), baseline };
@@ -71,7 +84,7 @@ pub async fn analyse(
     if elapsed < window {
         return Ok(Verdict::Waiting(window - elapsed));
     }
-    let now = match scrape(&http, &ips).await {
+    let now = match scrape(http, &ips).await {
         Ok(s) => s,
         Err(why) => return Ok(Verdict::Failed(why)),
     };

@@ -52,7 +52,8 @@ pub struct Context {
     pub applier: Arc<Applier>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
-    /// The status this replica last wrote per ModelDeployment (namespace, name).
+    /// The status this replica last wrote per ModelDeployment (namespace, name), until the
+    /// cache shows it.
     statuses: Mutex<HashMap<(String, String), serde_json::Value>>,
 }
 
@@ -304,9 +305,19 @@ pub(crate) async fn write_status(
         }
     }
     let key = (md.namespace().unwrap_or_default(), md.name_any());
-    let last_written = ctx.statuses.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
-    if merged == current && last_written.is_none_or(|last| last == merged) {
-        return Ok(());
+    if merged == current {
+        let mut statuses = ctx.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        match statuses.get(&key) {
+            None => return Ok(()),
+            // The cache shows this replica's last write: nothing left to remember (so the
+            // map holds only writes the cache has not caught up with, not every deployment
+            // ever seen).
+            Some(last) if *last == merged => {
+                statuses.remove(&key);
+                return Ok(());
+            }
+            Some(_) => {}
+        }
     }
     // A merge patch, not an apply: the status is the operator's alone, and a server-side
     // apply to a custom resource costs the API server a typed merge of the whole object.
