@@ -102,22 +102,7 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         assert_eq!(pod.len(), 1);
         let endpoint =
             pod[0].metadata.annotations.as_ref().and_then(|a| a.get(ENDPOINT_ANNOTATION)).cloned().expect("endpoint");
-        let answer: Value = tokio::task::spawn_blocking(move || {
-            reqwest::blocking::Client::new()
-                .post(format!("{endpoint}/v1/chat/completions"))
-                .json(&json!({ "model": "smollm2-135m-instruct", "max_tokens": 16,
-                               "messages": [{ "role": "user", "content": "What is the capital of France?" }] }))
-                .send()
-                .and_then(|r| r.error_for_status())
-                .and_then(|r| r.json())
-        })
-        .await
-        .unwrap()
-        .expect("a chat completion");
-        let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
-        assert!(!content.trim().is_empty(), "{answer}");
-        assert_eq!(answer["model"], "smollm2-135m-instruct");
-        assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{answer}");
+        common::ask_deployed_model(endpoint).await;
 
         // Rollout analysis against the new revision's real pod: the smoke prompt is answered,
         // but a generation cannot finish within 1 ms, so the p95 threshold fails the

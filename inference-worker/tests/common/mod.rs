@@ -216,3 +216,26 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
 }
+
+/// The end-to-end tests' question to a deployed SmolLM2 (`base_url`: `http://host:port`):
+/// asks for a short chat completion and checks that it is a real answer (text, from the
+/// model the deployment names, with generated tokens). Returns the answer's text.
+pub async fn ask_deployed_model(base_url: String) -> String {
+    let answer: serde_json::Value = tokio::task::spawn_blocking(move || {
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build()?;
+        http.post(format!("{base_url}/v1/chat/completions"))
+            .json(&serde_json::json!({ "model": "smollm2-135m-instruct", "max_tokens": 16,
+                                       "messages": [{ "role": "user", "content": "What is the capital of France?" }] }))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+    })
+    .await
+    .expect("the request task")
+    .expect("a chat completion from the deployed model");
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+    assert!(!content.trim().is_empty(), "{answer}");
+    assert_eq!(answer["model"], "smollm2-135m-instruct");
+    assert!(answer["usage"]["completion_tokens"].as_u64() > Some(0), "{answer}");
+    content
+}
