@@ -8,16 +8,18 @@
 # What runs: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager,
 # scheduler from Kubernetes' Go modules) with fake GPU nodes (kwok); Taimatsu's CRDs; the
 # operator (leader election, admission webhook, control-plane audit trail); an in-house
-# HTTPS model mirror holding SmolLM2 from its PyPI package; and a node for the worker pods
-# the operator renders. The demo then shows the deployed model answering, a rollout to a
-# changed revision, a manual rollback, the revision history and `audit verify`.
+# HTTPS model mirror holding SmolLM2 and MiniLM from their PyPI packages; and a node for the
+# worker pods the operator renders. The demo then shows the deployed model answering, a
+# rollout to a changed revision, a manual rollback, the revision history and `audit verify`.
 #
 # The node, chosen by TAIMATSU_NODE:
-#   real   a real kubelet with containerd and runc (hack/real-node.sh, docs/real-node.md): the
-#          pods run as containers of the worker image, on the pod network 10.85.0.0/24.
-#          Needs root. Fails if the node cannot be brought up.
-#   local  (default) the pod runner: worker pods as local processes (a development shortcut
-#          for a kubelet: see the README).
+#   real   a real kubelet with containerd, runc and kube-proxy (hack/real-node.sh,
+#          docs/real-node.md), and the operator installed with the Helm charts: its two
+#          pods and the worker pods run there as containers, on the pod network
+#          10.85.0.0/24. Needs root. Fails if the node cannot be brought up.
+#   local  (default) the operator as a process, with the chart's RBAC, and the pod runner:
+#          worker pods as local processes (a development shortcut for a kubelet: see the
+#          README).
 #   auto   real, and if that fails, says what failed and falls back to local.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -26,6 +28,8 @@ PIDFILE="$STATE/sandbox.pid"
 NS=taimatsu-demo
 MD=smollm2-chat
 NODE_MODE="${TAIMATSU_NODE:-local}"
+# Where the real node's sandbox installs the charts.
+CHART_NS=taimatsu-system
 case "$NODE_MODE" in real|local|auto) ;; *) log "TAIMATSU_NODE must be real, local or auto"; exit 2 ;; esac
 
 running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
@@ -111,8 +115,25 @@ demo() {
   step kubectl taimatsu status "$MD" -n "$NS"
 
   log "the control-plane audit trail"
-  local audit
-  audit=$(cat "$STATE/audit.path")
+  local audit head_ns=default
+  if [ "$(cat "$STATE/node")" = real ]; then
+    # The chart's replicas print every record they seal (audit.stdout): the trail is the
+    # union of both pods' logs, in sequence order.
+    head_ns=$CHART_NS audit="$STATE/audit-from-pod-logs.jsonl"
+    for pod in $(kubectl get pods -n "$CHART_NS" -l app.kubernetes.io/instance=taimatsu -o name); do
+      kubectl logs -n "$CHART_NS" "$pod"
+    done | python3 -c '
+import json, sys
+records = {}
+for line in sys.stdin:
+    try: r = json.loads(line)
+    except ValueError: continue
+    if isinstance(r, dict) and {"seq", "hash", "record"} <= r.keys(): records[r["seq"]] = line
+sys.stdout.write("".join(records[k] for k in sorted(records)))' >"$audit"
+    log "gathered from the operator pods' logs into $audit"
+  else
+    audit=$(cat "$STATE/audit.path")
+  fi
   python3 - "$audit" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -122,14 +143,15 @@ for line in open(sys.argv[1]):
     what = rec.get("kind", "") + " " + (rec.get("name") or rec.get("modelDeployment") or "")
     print(f'{r["seq"]:>4} {rec["event"]:<26} {what:<28} rev={rec.get("revision", ""):<3} who={who:<16} {rec.get("changeCause") or rec.get("reason") or ""}')
 PY
-  step kubectl taimatsu audit verify --against-cluster -n default "$audit"
+  step kubectl taimatsu audit verify --against-cluster -n "$head_ns" "$audit"
   echo
   echo "Use it:  export KUBECONFIG=$KUBECONFIG PATH=$CLUSTER_BIN_DIR:$REPO_ROOT/target/debug:\$PATH"
   echo "Stop it: hack/sandbox.sh down"
 }
 
-# Starts the sandbox process (control plane, operator, mirror; the pod runner for a local
-# node) and waits for it. $1: real or local.
+# Starts the sandbox process and waits for it: local (control plane, mirror, operator, pod
+# runner) until the examples are applied; real until the control plane is up
+# (cluster-ready), for the node and the charts to follow. $1: real or local.
 start_sandbox() {
   # A new control plane starts a new audit chain: nothing of an earlier sandbox is kept.
   rm -rf "$STATE"; mkdir -p "$STATE"
@@ -139,14 +161,37 @@ start_sandbox() {
     TAIMATSU_WORKER_BIN="$REPO_ROOT/target/debug/inference-worker" \
     setsid nohup target/debug/taimatsu-sandbox "$STATE" >"$STATE/sandbox.log" 2>&1 &
   echo $! >"$PIDFILE"
-  log "starting the control plane and the operator (log: $STATE/sandbox.log)"
-  for _ in $(seq 1 600); do
-    [ -f "$STATE/ready" ] && break
-    running || { tail -30 "$STATE/sandbox.log" >&2; log "sandbox failed to start"; exit 1; }
+  if [ "$1" = real ]; then
+    log "starting the control plane (log: $STATE/sandbox.log)"
+    wait_for_file cluster-ready 300
+  else
+    log "starting the control plane and the operator (log: $STATE/sandbox.log)"
+    wait_for_file ready 300
+    log "sandbox ready: $(cat "$STATE/ready")"
+  fi
+}
+
+# Waits for the sandbox process to write $STATE/$1, for at most $2 seconds.
+wait_for_file() {
+  local started=$SECONDS
+  while [ ! -f "$STATE/$1" ]; do
+    running || { tail -30 "$STATE/sandbox.log" >&2; log "sandbox failed (log: $STATE/sandbox.log)"; exit 1; }
+    [ $((SECONDS - started)) -lt "$2" ] || { log "no $1 after $2 s; see $STATE/sandbox.log"; exit 1; }
     sleep 0.5
   done
-  [ -f "$STATE/ready" ] || { log "sandbox not ready after 5 minutes; see $STATE/sandbox.log"; exit 1; }
-  log "sandbox ready: $(cat "$STATE/ready")"
+}
+
+# The charts, as a platform team installs them (docs/install.md), into a namespace that
+# enforces the restricted Pod Security Standard. helm keeps its state under $STATE.
+install_charts() {
+  local helm; helm="$(hack/helm.sh)" || return 1
+  export HELM_CACHE_HOME="$STATE/helm/cache" HELM_CONFIG_HOME="$STATE/helm/config" HELM_DATA_HOME="$STATE/helm/data"
+  kubectl create namespace "$CHART_NS" || return 1
+  kubectl label namespace "$CHART_NS" pod-security.kubernetes.io/enforce=restricted || return 1
+  step "$helm" install taimatsu-crds charts/taimatsu-crds -n "$CHART_NS" || return 1
+  step "$helm" install taimatsu charts/taimatsu -n "$CHART_NS" || return 1
+  step kubectl -n "$CHART_NS" rollout status deployment/taimatsu --timeout=300s || return 1
+  step kubectl -n "$CHART_NS" get pods,lease -o wide
 }
 
 # The real node's images (the worker image holds the release build of the worker), built
@@ -160,6 +205,9 @@ prepare_real_node() {
   hack/real-node.sh down >/dev/null 2>&1 || true
   hack/real-node.sh images
 }
+
+# The operator image holds the debug operator built above (what the local mode runs too).
+export TAIMATSU_IMAGE_OPERATOR_BIN="$REPO_ROOT/target/debug/taimatsu-operator"
 
 # Says what failed, in the real node's own words, and whether the pod runner takes over.
 real_node_failed() {
@@ -182,11 +230,22 @@ up() {
   fi
   start_sandbox "$node"
   if [ "$node" = real ]; then
-    if ! hack/real-node.sh up "$(cat "$STATE/kubeconfig.path")"; then
-      real_node_failed "the kubelet did not join (output above)"
+    use_sandbox
+    local failed=""
+    if ! hack/real-node.sh up "$KUBECONFIG"; then
+      failed="the kubelet did not join (output above)"
+    elif ! install_charts; then
+      failed="the operator from the Helm charts did not become ready (output above)"
+    fi
+    if [ -n "$failed" ]; then
+      real_node_failed "$failed"
       hack/real-node.sh down || true
       down
       start_sandbox local
+    else
+      log "waiting for the sandbox to apply the examples through the operator's webhook"
+      wait_for_file ready 600
+      log "sandbox ready: $(cat "$STATE/ready")"
     fi
   fi
   demo
@@ -196,7 +255,7 @@ down() {
   # The kubelet and containerd outlive the sandbox process: stop them first.
   if [ "$(cat "$STATE/node" 2>/dev/null)" = real ]; then hack/real-node.sh down; fi
   if running; then kill "$(cat "$PIDFILE")"; log "sandbox stopped"; else log "sandbox not running"; fi
-  rm -f "$PIDFILE" "$STATE/ready"
+  rm -f "$PIDFILE" "$STATE/ready" "$STATE/cluster-ready"
 }
 
 case "${1:-up}" in

@@ -1,28 +1,38 @@
-//! The local sandbox: a real control plane with fake GPU nodes (kwok), Taimatsu's CRDs,
-//! the operator with its admission webhook and audit trail, an in-house HTTPS model
-//! mirror, and the pod runner that runs worker pods as local processes; then the
-//! examples, with the quickstart (and, on the pod runner, the embeddings) model served
-//! for real. Kept running until SIGINT/SIGTERM. Started by `hack/sandbox.sh up`, which
-//! waits for the `ready` file this writes and then runs the demo.
+//! The local sandbox: a real control plane with fake GPU nodes (kwok), an in-house HTTPS
+//! model mirror, and the operator; then the examples, with the quickstart (and, on the pod
+//! runner, the embeddings) model served for real. Kept running until SIGINT/SIGTERM.
+//! Started by `hack/sandbox.sh up`, which waits for the `ready` file this writes and then
+//! runs the demo.
 //!
-//! Environment: TAIMATSU_OPERATOR_BIN, TAIMATSU_WORKER_BIN, TAIMATSU_MODELS_DIR (set by
-//! hack/sandbox.sh). With TAIMATSU_NODE=real no pod runner starts: `hack/real-node.sh`
-//! joins a real kubelet to this control plane once it is ready, and the mirror listens where
-//! that node's pods reach it (TAIMATSU_MIRROR_IP, default the node's bridge, 10.85.0.1).
+//! Two modes (TAIMATSU_NODE):
+//! - `local` (default): Taimatsu's CRDs, the operator as a process (with its admission
+//!   webhook and audit trail) and the pod runner that runs worker pods as local processes
+//!   ([`Sandbox`]). Needs TAIMATSU_OPERATOR_BIN, TAIMATSU_WORKER_BIN, TAIMATSU_MODELS_DIR.
+//! - `real`: the control plane is reachable from pods, and this writes `cluster-ready` once
+//!   it is up. `hack/sandbox.sh` then joins the real node (`hack/real-node.sh`) and installs
+//!   the Helm charts, whose operator pods run on that node; this waits for them, then applies
+//!   the examples. The mirror listens where the node's pods reach it (TAIMATSU_MIRROR_IP,
+//!   default the node's bridge, 10.85.0.1). Needs TAIMATSU_MODELS_DIR.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::Api;
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::json;
+use taimatsu_tests::control_plane::ControlPlaneOptions;
+use taimatsu_tests::mirror::Mirror;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
+use taimatsu_tests::wait::{deployment_rolled_out, poll_until};
 use taimatsu_tests::{ControlPlane, apply, repo_root};
 
 /// Namespace the example models and deployments are applied to.
 const DEMO_NAMESPACE: &str = "taimatsu-demo";
+/// Where `hack/sandbox.sh` installs the charts on the real node (release `taimatsu`).
+const CHART_NAMESPACE: &str = "taimatsu-system";
 
 fn env_path(name: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os(name)
@@ -30,27 +40,21 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("{name} is not set (hack/sandbox.sh sets it)"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let dir = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache/sandbox"));
-    let cp = ControlPlane::start_in(dir.join("cluster")).await?;
-    let client = cp.client().await?;
-    let config = SandboxConfig {
-        operator_bin: env_path("TAIMATSU_OPERATOR_BIN")?,
-        worker_bin: env_path("TAIMATSU_WORKER_BIN")?,
-        models_dir: env_path("TAIMATSU_MODELS_DIR")?,
-        state_dir: dir.join("state"),
-    };
-    let real_node = std::env::var("TAIMATSU_NODE").is_ok_and(|v| v == "real");
-    let options = if real_node {
-        let ip: IpAddr = std::env::var("TAIMATSU_MIRROR_IP").as_deref().unwrap_or("10.85.0.1").parse()?;
-        SandboxOptions::real_node(ip)
-    } else {
-        SandboxOptions::pod_runner()
-    };
-    let sandbox = Sandbox::start_with(&cp, &client, config, options).await?;
-    println!("operator log: {}", sandbox.operator_log.display());
+/// The operator's Deployment from the chart rolled out on the real node, and its webhook
+/// Service forwarding (kube-proxy rejects connections until it has the endpoints): until
+/// then the fail-closed webhook would refuse the examples.
+async fn wait_for_chart(client: &Client) -> anyhow::Result<()> {
+    deployment_rolled_out(client, CHART_NAMESPACE, "taimatsu", Duration::from_secs(600)).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), CHART_NAMESPACE);
+    let ip = services.get("taimatsu-webhook").await?.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    poll_until("the webhook Service to forward to an operator pod", Duration::from_secs(60), || async {
+        Ok(tokio::net::TcpStream::connect((ip.as_str(), 443)).await.ok().map(drop))
+    })
+    .await
+}
 
+/// Applies the example manifests; returns how many objects.
+async fn apply_examples(client: &Client, mirror: &Mirror, real_node: bool) -> anyhow::Result<usize> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // The GPU examples' Models carry no file manifest (their real hashes are for the
     // organisation that mirrors them to pin); this namespace allows that, so the scheduler
@@ -59,6 +63,10 @@ async fn main() -> anyhow::Result<()> {
                      "metadata": { "name": DEMO_NAMESPACE, "labels": { "taimatsu.dev/allow-unpinned-models": "true" } } });
     namespaces.patch(DEMO_NAMESPACE, &PatchParams::apply(apply::FIELD_MANAGER), &Patch::Apply(ns)).await?;
     let mut applied = 0;
+    let mut apply_value = async |doc: &serde_json::Value| -> anyhow::Result<()> {
+        applied += apply::apply_yaml(client, DEMO_NAMESPACE, &serde_yaml::to_string(doc)?).await?.len();
+        Ok(())
+    };
     // The GPU examples are placed by the real scheduler on kwok's fake GPU nodes (kwok marks
     // them running; nothing is served).
     for sub in ["accelerator-profiles", "gpu"] {
@@ -67,37 +75,83 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         files.sort();
         for file in files {
-            applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &std::fs::read_to_string(&file)?).await?.len();
+            for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&file)?) {
+                let doc = serde_json::Value::deserialize(doc)?;
+                if !doc.is_null() {
+                    apply_value(&doc).await?;
+                }
+            }
         }
     }
     // The quickstart, served for real: its Model points at this sandbox's mirror.
-    let model = sandbox.quickstart_model(&client, DEMO_NAMESPACE).await?;
-    applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&model)?).await?.len();
+    apply_value(&mirror.example_model(client, DEMO_NAMESPACE, "examples/quickstart/model.yaml").await?).await?;
     let mut deployment: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("examples/quickstart/deployment.yaml"))?)?;
     if real_node {
-        // The real node has the machine's CPUs (2 on the CI machines) and each worker asks
-        // for `threads` of them: a surge pod would stay Pending, so replace instead.
+        // The real node has the machine's CPUs (2 on the CI machines), of which the operator
+        // pods request 100m each: the worker asks for one (`threads`), and a rollout
+        // replaces its pod rather than adding a surge pod that would stay Pending.
+        deployment["spec"]["engine"]["threads"] = json!(1);
         deployment["spec"]["rollout"] = json!({ "maxSurge": 0, "maxUnavailable": 1 });
     }
-    applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&deployment)?).await?.len();
+    apply_value(&deployment).await?;
     // The embeddings example, served for real too, on the pod runner. Not on the real node:
-    // the quickstart's worker takes both of its CPUs (2 on the CI machines).
+    // the quickstart's worker takes its CPU.
     if !real_node {
         const EMBEDDINGS: &str = "examples/embeddings/minilm.yaml";
-        let model = sandbox.mirror.example_model(&client, DEMO_NAMESPACE, EMBEDDINGS).await?;
-        applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&model)?).await?.len();
+        apply_value(&mirror.example_model(client, DEMO_NAMESPACE, EMBEDDINGS).await?).await?;
         let text = std::fs::read_to_string(repo_root().join(EMBEDDINGS))?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let doc = serde_json::Value::deserialize(doc)?;
             if doc["kind"] != "Model" {
-                applied += apply::apply_yaml(&client, DEMO_NAMESPACE, &serde_yaml::to_string(&doc)?).await?.len();
+                apply_value(&doc).await?;
             }
         }
     }
+    Ok(applied)
+}
 
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache/sandbox"));
+    let real_node = std::env::var("TAIMATSU_NODE").is_ok_and(|v| v == "real");
+    let mirror_ip: IpAddr = std::env::var("TAIMATSU_MIRROR_IP").as_deref().unwrap_or("10.85.0.1").parse()?;
+    let options = ControlPlaneOptions { pod_reachable_at: real_node.then_some(mirror_ip) };
+    let cp = ControlPlane::start_with(dir.join("cluster"), options).await?;
+    let client = cp.client().await?;
     std::fs::write(dir.join("kubeconfig.path"), cp.kubeconfig("taimatsu-admin").display().to_string())?;
-    std::fs::write(dir.join("audit.path"), sandbox.audit_log.display().to_string())?;
+    let models_dir = env_path("TAIMATSU_MODELS_DIR")?;
+
+    // Local: the operator process and the pod runner, with their mirror. Real: a mirror of
+    // its own, and the chart's operator once hack/sandbox.sh has installed it.
+    let (sandbox, own_mirror) = if real_node {
+        // kwok's CPU node would mark the operator pods Ready without running them.
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .patch("cpu-0", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
+            .await?;
+        let mirror = Mirror::serve(models_dir, Some(mirror_ip)).await?;
+        std::fs::write(dir.join("cluster-ready"), &cp.server)?;
+        println!("control plane up at {}; waiting for the operator from the Helm chart", cp.server);
+        wait_for_chart(&client).await?;
+        (None, Some(mirror))
+    } else {
+        let config = SandboxConfig {
+            operator_bin: env_path("TAIMATSU_OPERATOR_BIN")?,
+            worker_bin: env_path("TAIMATSU_WORKER_BIN")?,
+            models_dir,
+            state_dir: dir.join("state"),
+        };
+        let sandbox = Sandbox::start_with(&cp, &client, config, SandboxOptions::pod_runner()).await?;
+        println!("operator log: {}", sandbox.operator_log.display());
+        std::fs::write(dir.join("audit.path"), sandbox.audit_log.display().to_string())?;
+        (Some(sandbox), None)
+    };
+    let mirror = match (&sandbox, &own_mirror) {
+        (Some(sandbox), _) => &sandbox.mirror,
+        (None, mirror) => mirror.as_ref().ok_or_else(|| anyhow::anyhow!("no model mirror"))?,
+    };
+    let applied = apply_examples(&client, mirror, real_node).await?;
     std::fs::write(dir.join("ready"), format!("{applied} example objects applied\n"))?;
     println!("sandbox ready: {} ({applied} example objects in namespace {DEMO_NAMESPACE})", cp.server);
 
@@ -106,9 +160,12 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-    let _ = std::fs::remove_file(dir.join("ready"));
+    for file in ["ready", "cluster-ready"] {
+        let _ = std::fs::remove_file(Path::new(&dir).join(file));
+    }
     println!("sandbox stopping");
     drop(sandbox);
+    drop(own_mirror);
     // Returning ends the process; the control plane's processes die with it
     // (parent-death signal, see taimatsu_tests::process).
     Ok(())
