@@ -102,3 +102,46 @@ fn forwards_streams_errors_and_survives_upstream_death() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Whether `pid` has exited (gone, or a zombie waiting for its new parent to reap it).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn a_restart_stops_the_whole_model_server_process_group() {
+    // A model server that starts a helper process (as vLLM starts its engine workers) and
+    // never becomes healthy: after the startup timeout the worker stops it and starts again.
+    // PATH is empty, as in the worker images, which hold no `kill` program.
+    let dir = tempfile::tempdir().unwrap();
+    let helper_pid = dir.path().join("helper.pid");
+    let script = dir.path().join("model-server.sh");
+    std::fs::write(&script, format!("/bin/sleep 60 &\necho $! > {}\nexec /bin/sleep 60\n", helper_pid.display()))
+        .unwrap();
+    let empty = dir.path().join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let _w = Worker::start_env(
+        WorkerSpec {
+            engine: "vllm",
+            model_dir: smollm2_dir(),
+            format: "gguf",
+            name: "smollm2",
+            extra: vec![
+                format!("--upstream-command=/bin/sh {}", script.display()),
+                format!("--upstream-port={}", common::free_port()),
+                "--upstream-startup-timeout-secs=2".into(),
+                "--upstream-check-interval-ms=200".into(),
+            ],
+        },
+        &[("PATH", empty.to_str().unwrap())],
+    );
+    let mut first = None;
+    wait_until("the model server to start its helper", Duration::from_secs(60), || {
+        first = std::fs::read_to_string(&helper_pid).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        first.is_some()
+    });
+    let first = first.unwrap();
+    // Stopped with its group at the first restart: SIGTERM reaches the helper at once.
+    wait_until("the first server's helper to be stopped with it", Duration::from_secs(8), || exited(first));
+}

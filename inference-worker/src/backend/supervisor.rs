@@ -8,6 +8,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::upstream::Upstream;
@@ -84,12 +86,21 @@ fn spawn(cmd: &[String]) -> Result<Child, SupervisorError> {
         .map_err(|source| SupervisorError::Spawn { program, source })
 }
 
+/// Stops the model server and every process of its group (vLLM's engine and tokenizer
+/// workers): SIGTERM, and SIGKILL after 10 s. Signalled in-process: the worker images hold
+/// no `kill` binary.
 async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").arg("-TERM").arg(format!("-{pid}")).status().await;
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
-            return;
-        }
+    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
+    if let Some(group) = group
+        && killpg(group, Signal::SIGTERM).is_ok()
+        && tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok()
+    {
+        // The leader is gone; helpers that ignored SIGTERM are not left behind.
+        let _ = killpg(group, Signal::SIGKILL);
+        return;
+    }
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
     }
     let _ = child.kill().await;
 }
