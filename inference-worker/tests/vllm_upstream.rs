@@ -122,18 +122,15 @@ fn a_restart_stops_the_whole_model_server_process_group() {
     let empty = dir.path().join("empty-path");
     std::fs::create_dir(&empty).unwrap();
     let _w = Worker::start_env(
-        WorkerSpec {
-            engine: "vllm",
-            model_dir: smollm2_dir(),
-            format: "gguf",
-            name: "smollm2",
-            extra: vec![
+        WorkerSpec::smollm2(
+            "vllm",
+            vec![
                 format!("--upstream-command=/bin/sh {}", script.display()),
                 format!("--upstream-port={}", common::free_port()),
                 "--upstream-startup-timeout-secs=2".into(),
                 "--upstream-check-interval-ms=200".into(),
             ],
-        },
+        ),
         &[("PATH", empty.to_str().unwrap())],
     );
     let mut first = None;

@@ -130,6 +130,26 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     }
 }
 
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(key), http::HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The W3C `traceparent` (and `tracestate`) of `span`, for a request made on its behalf
+/// (the worker's call to vLLM), so the callee's spans join the same trace. Empty when
+/// traces are not exported (the span then has no trace context).
+pub fn inject_context(span: &tracing::Span) -> http::HeaderMap {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut headers = http::HeaderMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    headers
+}
+
 /// Makes `span` a child of the caller's trace when the request carries a W3C `traceparent`.
 pub fn extract_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;

@@ -145,6 +145,8 @@ pub async fn forward(upstream: &Upstream, route: Route, mut scope: RequestScope,
         .client
         .post(format!("{}{}", upstream.base, route.path()))
         .header(header::CONTENT_TYPE, "application/json")
+        // vLLM joins the request's trace (it reads `traceparent` when its tracing is on).
+        .headers(taimatsu_telemetry::inject_context(scope.span()))
         .timeout(state.request_timeout)
         .body(body);
     let response = match request.send().await {

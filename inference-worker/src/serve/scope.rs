@@ -98,6 +98,11 @@ impl RequestScope {
         &self.state
     }
 
+    /// The request's trace span.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     pub fn request_id(&self) -> &str {
         &self.request_id
     }

@@ -105,6 +105,13 @@ pub struct WorkerSpec<'a> {
     pub extra: Vec<String>,
 }
 
+impl WorkerSpec<'static> {
+    /// SmolLM2 (GGUF) on `engine`, with `extra` arguments.
+    pub fn smollm2(engine: &'static str, extra: Vec<String>) -> Self {
+        WorkerSpec { engine, model_dir: smollm2_dir(), format: "gguf", name: "smollm2", extra }
+    }
+}
+
 impl Worker {
     pub fn start(spec: WorkerSpec<'_>) -> Worker {
         let dir = tempfile::tempdir().unwrap();
