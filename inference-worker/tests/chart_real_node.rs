@@ -20,16 +20,17 @@ use std::time::{Duration, Instant};
 
 use common::real_node::{self, BRIDGE_IP, NODE_NAME, OPERATOR_IMAGE, RealNode};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
 use taimatsu_tests::ControlPlane;
 use taimatsu_tests::control_plane::ControlPlaneOptions;
-use taimatsu_tests::helm::{Helm, chart};
+use taimatsu_tests::fleet;
+use taimatsu_tests::helm::{Helm, chart, wait_for_operator};
 use taimatsu_tests::mirror::Mirror;
-use taimatsu_tests::wait::{deployment_rolled_out, poll_until};
+use taimatsu_tests::wait::{deployment_rolled_out, is_ready, poll_until};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
 const SYSTEM_NS: &str = "taimatsu-system";
@@ -118,13 +119,8 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
     let client = cp.client().await.unwrap();
     // Every pod goes to the real node: kwok's fake nodes would mark a pod Ready without
     // running it.
-    let nodes: Api<Node> = Api::all(client.clone());
-    for node in nodes.list(&ListParams::default()).await.unwrap() {
-        let name = node.metadata.name.unwrap();
-        nodes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
-            .await
-            .unwrap();
+    for node in &fleet::FLEET {
+        fleet::cordon(&client, node.name).await.unwrap();
     }
     let mirror = Mirror::serve(common::models_dir(), Some(bridge)).await.expect("mirror");
     let node = RealNode::up(&kubeconfig, Path::new(WORKER_BIN), Some(&operator_bin));
@@ -140,21 +136,10 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
         let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
         // Ready is the operator's own /readyz, probed by the kubelet.
         let first = operator_pods_ready(&pods, 2).await;
-        deployment_rolled_out(&client, SYSTEM_NS, "taimatsu", Duration::from_secs(60))
-            .await
-            .expect("the chart's Deployment");
+        // Its Deployment rolled out, and the webhook Service forwarding (kube-proxy).
+        wait_for_operator(&client, SYSTEM_NS, "taimatsu", Duration::from_secs(60)).await.expect("the chart's operator");
         let leader = leader_among(&client, &first).await;
         eprintln!("operator pods {first:?} Ready after {:.0}s; leader {leader}", started.elapsed().as_secs_f64());
-
-        // kube-proxy programs a Service's forwarding after its endpoints turn ready, and
-        // rejects connections until then: wait for it, as a client retrying would.
-        let services: Api<Service> = Api::namespaced(client.clone(), SYSTEM_NS);
-        let webhook_ip = services.get("taimatsu-webhook").await.unwrap().spec.and_then(|s| s.cluster_ip).unwrap();
-        poll_until("the webhook Service to forward to an operator pod", Duration::from_secs(60), || async {
-            Ok(tokio::net::TcpStream::connect((webhook_ip.as_str(), 443)).await.ok().map(drop))
-        })
-        .await
-        .expect("kube-proxy forwards the webhook Service");
 
         // The quickstart, from the in-house mirror. The webhook is fail-closed: each write
         // below is admitted only if an operator pod answered the API server through the
@@ -174,20 +159,8 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
 
         // The chart's operator deploys it on the real node.
         let workers: Api<Pod> = Api::namespaced(client.clone(), APP_NS);
-        let ready = poll_until(
-            "the quickstart to be Ready, deployed by the chart's operator",
-            Duration::from_secs(600),
-            || {
-                let (mds, workers) = (mds.clone(), workers.clone());
-                async move {
-                    real_node::fail_on_oom(&workers).await?;
-                    let Ok(md) = mds.get("smollm2-chat").await else { return Ok(None) };
-                    let status = md.status.unwrap_or_default();
-                    Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(()))
-                }
-            },
-        )
-        .await;
+        let what = "the quickstart to be Ready, deployed by the chart's operator";
+        let ready = real_node::wait_ready(what, &mds, "smollm2-chat", &workers, Duration::from_secs(600)).await;
         if let Err(e) = ready {
             panic!(
                 "{e:#}\nworker pods: {}\noperator pods: {}",
@@ -238,8 +211,7 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
             "the new pods' webhook did not audit the change: {records:#?}"
         );
         let md = mds.get("smollm2-chat").await.unwrap();
-        let ready = md.status.unwrap_or_default().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        assert!(ready, "the model stopped serving across the operator upgrade");
+        assert!(is_ready(&md.status.unwrap_or_default()), "the model stopped serving across the operator upgrade");
     }
     drop(node);
     eprintln!("chart-on-real-node test done in {:.0}s", started.elapsed().as_secs_f64());

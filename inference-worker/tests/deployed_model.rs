@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
 use taimatsu_tests::pod_runner::ENDPOINT_ANNOTATION;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig};
-use taimatsu_tests::wait::poll_until;
+use taimatsu_tests::wait::{is_ready, poll_until};
 use taimatsu_tests::{ControlPlane, with_namespace};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
@@ -78,8 +78,7 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
             let mds = mds.clone();
             async move {
                 let md = mds.get("smollm2-chat").await?;
-                let status = md.status.clone().unwrap_or_default();
-                Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(md))
+                Ok(is_ready(&md.status.clone().unwrap_or_default()).then_some(md))
             }
         })
         .await;
@@ -196,8 +195,7 @@ async fn embeddings_example_answers(sandbox: Arc<Sandbox>, client: kube::Client,
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
     mds.patch("minilm-embeddings", &params, &Patch::Apply(&md)).await.expect("apply the ModelDeployment");
     let ready = poll_until("the embeddings deployment to be Ready", Duration::from_secs(300), || async {
-        let status = mds.get("minilm-embeddings").await?.status.unwrap_or_default();
-        Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(()))
+        Ok(is_ready(&mds.get("minilm-embeddings").await?.status.unwrap_or_default()).then_some(()))
     })
     .await;
     if let Err(e) = ready {

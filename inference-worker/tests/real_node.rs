@@ -27,7 +27,6 @@ use serde_json::json;
 use taimatsu_crds::v1alpha1::ModelDeployment;
 use taimatsu_tests::ControlPlane;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
-use taimatsu_tests::wait::poll_until;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
 
@@ -82,19 +81,8 @@ async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let ready =
-            poll_until("the quickstart deployment to be Ready on the real node", Duration::from_secs(600), || {
-                let (mds, pods) = (mds.clone(), pods.clone());
-                async move {
-                    // A container killed by its memory limit restarts forever: fail now, saying so.
-                    real_node::fail_on_oom(&pods).await?;
-                    // A slow API server (two shared cores) is not a failure: look again.
-                    let Ok(md) = mds.get("smollm2-chat").await else { return Ok(None) };
-                    let status = md.status.unwrap_or_default();
-                    Ok(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(()))
-                }
-            })
-            .await;
+        let what = "the quickstart deployment to be Ready on the real node";
+        let ready = real_node::wait_ready(what, &mds, "smollm2-chat", &pods, Duration::from_secs(600)).await;
         if let Err(e) = ready {
             panic!("{e:#}\n{}", diagnose(&pods, &mds).await);
         }

@@ -101,10 +101,10 @@ async fn main() -> anyhow::Result<()> {
         let mut events = std::pin::pin!(watcher(watch_mds, watcher::Config::default()).applied_objects());
         while let Ok(Some(md)) = events.try_next().await {
             let name = md.metadata.name.clone().unwrap_or_default();
-            let is_ready = md.status.as_ref().is_some_and(|s| {
-                s.observed_generation == md.metadata.generation
-                    && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            });
+            let is_ready = md
+                .status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == md.metadata.generation && taimatsu_tests::wait::is_ready(s));
             if is_ready && name.starts_with("fleet-") {
                 ready.insert(name);
             } else {

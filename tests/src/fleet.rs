@@ -21,6 +21,8 @@ pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 pub const H100_PRODUCT: &str = "NVIDIA-H100-80GB-HBM3";
 pub const L4_PRODUCT: &str = "NVIDIA-L4";
 pub const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
+/// The fleet's node without accelerators (and without a taint): where CPU pods would go.
+pub const CPU_NODE: &str = "cpu-0";
 
 /// One fake node.
 pub struct FakeNode {
@@ -61,7 +63,7 @@ pub const FLEET: [FakeNode; 5] = [
         accelerators: &[("nvidia.com/mig-3g.40gb", 4)],
         gpu_taint: true,
     },
-    FakeNode { name: "cpu-0", labels: &[], accelerators: &[], gpu_taint: false },
+    FakeNode { name: CPU_NODE, labels: &[], accelerators: &[], gpu_taint: false },
 ];
 
 fn node_object(node: &FakeNode) -> Node {
@@ -136,4 +138,13 @@ pub async fn wait_ready(client: &kube::Client, alive: impl Fn() -> anyhow::Resul
         Ok(Some(()))
     })
     .await
+}
+
+/// Marks node `name` unschedulable: kwok's fake nodes would mark a pod bound to them Ready
+/// without running anything, so pods that must really run are kept off them.
+pub async fn cordon(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let unschedulable = json!({ "spec": { "unschedulable": true } });
+    nodes.patch(name, &PatchParams::default(), &Patch::Merge(unschedulable)).await?;
+    Ok(())
 }

@@ -2,6 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::{Api, Client};
+
+use crate::wait::{deployment_rolled_out, poll_until};
 
 /// The repository's chart `name` (`taimatsu-crds`, `taimatsu`), as a path argument.
 pub fn chart(name: &str) -> String {
@@ -55,4 +61,24 @@ impl Helm {
         );
         text(&out.stdout)
     }
+}
+
+/// Waits until the operator of release `release` (charts/taimatsu) in `namespace` serves:
+/// its Deployment rolled out within `timeout`, and its webhook Service forwarding to a pod.
+/// kube-proxy programs a Service after its endpoints turn ready and refuses connections
+/// until then; the fail-closed webhook would refuse every Taimatsu write meanwhile.
+pub async fn wait_for_operator(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    deployment_rolled_out(client, namespace, release, timeout).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let webhook = format!("{release}-webhook");
+    let ip = services.get(&webhook).await?.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    poll_until(&format!("Service {webhook} to forward to an operator pod"), Duration::from_secs(60), || async {
+        Ok(tokio::net::TcpStream::connect((ip.as_str(), 443)).await.ok().map(drop))
+    })
+    .await
 }

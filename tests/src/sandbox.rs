@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -65,14 +64,15 @@ pub struct Sandbox {
     pub audit_log: PathBuf,
     pub operator_log: PathBuf,
     operator: Child,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The pod runner's task, when it runs.
+    pod_runner: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.operator.kill();
-        for t in &self.tasks {
-            t.abort();
+        if let Some(runner) = &self.pod_runner {
+            runner.abort();
         }
     }
 }
@@ -94,11 +94,8 @@ impl Sandbox {
     ) -> anyhow::Result<Sandbox> {
         crds::ensure_installed(client).await?;
         rbac::grant_operator_rbac(client, "default").await?;
-        // kwok would mark a worker pod on its CPU node Ready without running anything.
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .patch("cpu-0", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
-            .await?;
+        // Worker pods go to the pod runner's node, not kwok's CPU node.
+        crate::fleet::cordon(client, crate::fleet::CPU_NODE).await?;
 
         let mirror = Mirror::serve(config.models_dir.clone(), options.mirror_ip).await?;
         let webhook_port = free_port()?;
@@ -128,16 +125,15 @@ impl Sandbox {
         })
         .await?;
 
-        let mut tasks = Vec::new();
-        if options.pod_runner {
+        let pod_runner = options.pod_runner.then(|| {
             let runner = PodRunner::new(client.clone(), config.worker_bin.clone(), config.state_dir.join("pods"));
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 if let Err(e) = runner.run().await {
                     eprintln!("pod runner stopped: {e:#}");
                 }
-            }));
-        }
-        Ok(Sandbox { mirror, audit_log, operator_log, operator, tasks })
+            })
+        });
+        Ok(Sandbox { mirror, audit_log, operator_log, operator, pod_runner })
     }
 
     /// examples/quickstart/model.yaml with its source pointed at this sandbox's mirror, and

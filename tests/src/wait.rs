@@ -62,3 +62,8 @@ pub async fn deployment_rolled_out(
         }
     }
 }
+
+/// Whether a ModelDeployment's status has its `Ready` condition true.
+pub fn is_ready(status: &taimatsu_crds::v1alpha1::ModelDeploymentStatus) -> bool {
+    status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}

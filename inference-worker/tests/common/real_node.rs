@@ -8,6 +8,7 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
+use taimatsu_crds::v1alpha1::ModelDeployment;
 
 /// hack/real-node.sh's bridge address: the host as the pods see it.
 pub const BRIDGE_IP: &str = "10.85.0.1";
@@ -107,4 +108,22 @@ pub async fn fail_on_oom(pods: &Api<Pod>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until the ModelDeployment `name` is Ready, failing at once when a container of
+/// `pods` was OOM-killed ([`fail_on_oom`]). A read that fails (a slow API server on two
+/// shared cores) is not a failure: it looks again.
+pub async fn wait_ready(
+    what: &str,
+    mds: &Api<ModelDeployment>,
+    name: &str,
+    pods: &Api<Pod>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    taimatsu_tests::wait::poll_until(what, timeout, || async {
+        fail_on_oom(pods).await?;
+        let Ok(md) = mds.get(name).await else { return Ok(None) };
+        Ok(taimatsu_tests::wait::is_ready(&md.status.unwrap_or_default()).then_some(()))
+    })
+    .await
 }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Deserialize;
@@ -26,7 +26,6 @@ use serde_json::json;
 use taimatsu_tests::control_plane::ControlPlaneOptions;
 use taimatsu_tests::mirror::Mirror;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig, SandboxOptions};
-use taimatsu_tests::wait::{deployment_rolled_out, poll_until};
 use taimatsu_tests::{ControlPlane, apply, repo_root};
 
 /// Namespace the example models and deployments are applied to.
@@ -38,19 +37,6 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
     std::env::var_os(name)
         .map(PathBuf::from)
         .ok_or_else(|| anyhow::anyhow!("{name} is not set (hack/sandbox.sh sets it)"))
-}
-
-/// The operator's Deployment from the chart rolled out on the real node, and its webhook
-/// Service forwarding (kube-proxy rejects connections until it has the endpoints): until
-/// then the fail-closed webhook would refuse the examples.
-async fn wait_for_chart(client: &Client) -> anyhow::Result<()> {
-    deployment_rolled_out(client, CHART_NAMESPACE, "taimatsu", Duration::from_secs(600)).await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), CHART_NAMESPACE);
-    let ip = services.get("taimatsu-webhook").await?.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
-    poll_until("the webhook Service to forward to an operator pod", Duration::from_secs(60), || async {
-        Ok(tokio::net::TcpStream::connect((ip.as_str(), 443)).await.ok().map(drop))
-    })
-    .await
 }
 
 /// Applies the example manifests; returns how many objects.
@@ -125,15 +111,12 @@ async fn main() -> anyhow::Result<()> {
     // Local: the operator process and the pod runner, with their mirror. Real: a mirror of
     // its own, and the chart's operator once hack/sandbox.sh has installed it.
     let (sandbox, own_mirror) = if real_node {
-        // kwok's CPU node would mark the operator pods Ready without running them.
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .patch("cpu-0", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "unschedulable": true } })))
-            .await?;
+        // The operator pods go to the real node, not kwok's CPU node.
+        taimatsu_tests::fleet::cordon(&client, taimatsu_tests::fleet::CPU_NODE).await?;
         let mirror = Mirror::serve(models_dir, Some(mirror_ip)).await?;
         std::fs::write(dir.join("cluster-ready"), &cp.server)?;
         println!("control plane up at {}; waiting for the operator from the Helm chart", cp.server);
-        wait_for_chart(&client).await?;
+        taimatsu_tests::helm::wait_for_operator(&client, CHART_NAMESPACE, "taimatsu", Duration::from_secs(600)).await?;
         (None, Some(mirror))
     } else {
         let config = SandboxConfig {
