@@ -89,6 +89,9 @@ demo() {
   log "waiting for the quickstart deployment (fetch with sha256 verification, model load)"
   step kubectl wait -n "$NS" "modeldeployment/$MD" --for=condition=Ready --timeout=600s
   step kubectl get models,modeldeployments -n "$NS"
+  local simulated
+  simulated=$(kubectl get modeldeployments -n "$NS" -l sandbox.taimatsu.dev/simulated=true -o jsonpath='{.items[*].metadata.name}')
+  [ -z "$simulated" ] || echo "simulated: ${simulated// /, } (placed by the real scheduler on kwok's simulated GPU nodes; nothing is served, so no rollout analysis)"
   chat
   embed
 

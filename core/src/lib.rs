@@ -2,6 +2,7 @@
 //! kubectl plugin. Nothing here talks to Kubernetes: these are pure functions and
 //! plain types, so they are tested without a cluster and reused without pulling kube in.
 
+pub mod address_scope;
 pub mod audit_chain;
 pub mod engine;
 pub mod file_verify;
@@ -12,6 +13,7 @@ pub mod parameters;
 pub mod quantization;
 pub mod vllm;
 
+pub use address_scope::{AddressScope, OutOfScope, ScopeParseError};
 pub use engine::EngineKind;
 pub use file_verify::{VerifiedModel, VerifyError, sha256_file, verify_dir};
 pub use manifest::{

@@ -113,7 +113,7 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
     assert!(operator_bin.exists(), "{} is missing: build the workspace", operator_bin.display());
     let helm = Helm::from_env(Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home"));
     let bridge = BRIDGE_IP.parse().unwrap();
-    let options = ControlPlaneOptions { pod_reachable_at: Some(bridge) };
+    let options = ControlPlaneOptions { pod_reachable_at: Some(bridge), ..Default::default() };
     let cp = ControlPlane::start_with(real_node::cluster_dir(), options).await.expect("control plane");
     let kubeconfig = cp.kubeconfig("taimatsu-admin");
     let client = cp.client().await.unwrap();

@@ -152,6 +152,7 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
     })
     .await;
     with_namespace("embeddings", move |client, ns| embeddings_example_answers(sandbox, client, ns)).await;
+    with_namespace("simulated_gpu", simulated_pods_are_never_probed).await;
     let audit = std::fs::read(cp.dir().join("sandbox/audit/operator-0.jsonl")).unwrap();
     taimatsu_core::audit_chain::verify(&audit).expect("the control-plane audit verifies");
     let events: Vec<Value> = audit
@@ -231,4 +232,50 @@ async fn embeddings_example_answers(sandbox: Arc<Sandbox>, client: kube::Client,
         let norm: f64 = vector.iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
     }
+}
+
+/// In the sandbox's configuration the operator probes only pods that really run (the pod
+/// runner's 127.0.x.y, the real node's bridge: `--analysis-pod-cidrs`). A revision placed on
+/// kwok's simulated GPUs, whose pods kwok gives addresses in 127.244.0.0/16, fails its
+/// analysis without a packet sent to them. (A test cannot use an address off the machine
+/// here: before the scope existed, the operator would have sent its probe there.)
+async fn simulated_pods_are_never_probed(client: kube::Client, ns: String) {
+    let profile =
+        std::fs::read_to_string(common::repo_root().join("examples/accelerator-profiles/h100-80gb.yaml")).unwrap();
+    taimatsu_tests::apply::apply_yaml(&client, &ns, &profile).await.expect("the H100 profile");
+    let params = PatchParams::apply("tests").force();
+    let model = json!({
+        "apiVersion": "taimatsu.dev/v1alpha1", "kind": "Model", "metadata": { "name": "simulated-qwen" },
+        "spec": { "source": { "uri": "https://mirror.example/qwen/" }, "format": "safetensors",
+                  "files": [{ "path": "model.safetensors", "size": 4_000_000_000i64, "sha256": "2".repeat(64) }],
+                  "architecture": "qwen2", "parameters": "2B", "contextLength": 8192, "license": "Apache-2.0" },
+    });
+    Api::<Model>::namespaced(client.clone(), &ns).patch("simulated-qwen", &params, &Patch::Apply(model)).await.unwrap();
+    let md = json!({
+        "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "metadata": { "name": "simulated-chat" },
+        "spec": { "modelRef": { "name": "simulated-qwen" }, "quantization": "bf16", "engine": { "type": "vllm" },
+                  "placement": { "acceleratorProfileRef": { "name": "h100-80gb" } },
+                  "rollout": { "analysis": { "windowSeconds": 5, "smokePrompts": ["Say hello."] } } },
+    });
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    mds.patch("simulated-chat", &params, &Patch::Apply(md)).await.unwrap();
+    let failed = poll_until("the simulated revision to fail its analysis", Duration::from_secs(120), || async {
+        let status = mds.get("simulated-chat").await?.status.unwrap_or_default();
+        Ok((status.failed_revision == Some(1)).then_some(status))
+    })
+    .await;
+    let status = match failed {
+        Ok(status) => status,
+        Err(e) => panic!("{e:#}; status: {:#?}", mds.get("simulated-chat").await.ok().and_then(|m| m.status)),
+    };
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let pod =
+        &pods.list(&ListParams::default().labels("taimatsu.dev/model-deployment=simulated-chat")).await.unwrap().items
+            [0];
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("kwok gave the pod an IP");
+    assert!(ip.starts_with("127.244."), "kwok's pod IP {ip} is on loopback, in 127.244.0.0/16");
+    let messages: Vec<&str> = status.conditions.iter().map(|c| c.message.as_str()).collect();
+    let expected = format!("was not contacted: its IP {ip} is outside 127.0.0.0/16,10.85.0.0/24");
+    assert!(messages.iter().any(|m| m.contains(&expected)), "no condition says {expected:?}: {messages:#?}");
+    assert!(!messages.iter().any(|m| m.contains("could not be read")), "a probe was sent: {messages:#?}");
 }

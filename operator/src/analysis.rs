@@ -7,12 +7,14 @@
 //! state between reconciles lives in an annotation of the revision record, so an operator
 //! restart or a leader change continues the same analysis.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use taimatsu_core::AddressScope;
 use taimatsu_crds::v1alpha1::{AnalysisSpec, ModelDeployment};
 
 use crate::build::labels::{API_PORT, METRICS_PORT};
@@ -55,10 +57,11 @@ pub async fn analyse(
     pods: &[Pod],
 ) -> Result<Verdict, Error> {
     let Some(spec) = &md.spec.rollout.analysis else { return Ok(Verdict::Passed(String::new())) };
-    let ips: Vec<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
-    if ips.is_empty() {
-        return Ok(Verdict::Waiting(Duration::from_secs(2)));
-    }
+    let ips = match probe_targets(pods, &ctx.analysis_scope) {
+        Ok(ips) if ips.is_empty() => return Ok(Verdict::Waiting(Duration::from_secs(2))),
+        Ok(ips) => ips,
+        Err(why) => return Ok(Verdict::Failed(why)),
+    };
     // Built once; should that ever fail, each analysis tries again and reports the error.
     let http = match PROBES.as_ref() {
         Some(http) => http.clone(),
@@ -92,6 +95,26 @@ pub async fn analyse(
         Ok(seen) => Verdict::Passed(seen),
         Err(why) => Verdict::Failed(why),
     })
+}
+
+/// The addresses to probe: every reported pod IP, each checked against `scope` before
+/// anything is sent, so a pod status naming another address (forged, or a simulated pod
+/// elsewhere) fails the analysis without a single packet to it.
+fn probe_targets(pods: &[Pod], scope: &AddressScope) -> Result<Vec<String>, String> {
+    let mut ips = Vec::new();
+    for pod in pods {
+        let Some(reported) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) else { continue };
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let ip: IpAddr = reported
+            .parse()
+            .map_err(|_| format!("pod {name} reports {reported:?} as its IP, which is not an address"))?;
+        scope
+            .check(ip)
+            .map_err(|e| format!("pod {name} was not contacted: its IP {e} (the operator's --analysis-pod-cidrs)"))?;
+        // IPv6 in brackets, for the URLs built from it.
+        ips.push(if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() });
+    }
+    Ok(ips)
 }
 
 /// The metrics of every pod, summed.
@@ -128,4 +151,45 @@ async fn smoke(http: &reqwest::Client, ips: &[String], model: &str, spec: &Analy
 
 fn probe_error(e: reqwest::Error) -> Error {
     Error::Kube(kube::Error::Service(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, ip: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+            status: Some(PodStatus { pod_ip: ip.map(Into::into), ..PodStatus::default() }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn only_pod_ips_inside_the_scope_are_probed() {
+        let scope = AddressScope::parse_list("127.0.0.0/16,10.85.0.0/24").unwrap();
+        let pods = [pod("a", Some("127.0.1.2")), pod("b", None), pod("c", Some("10.85.0.9"))];
+        assert_eq!(probe_targets(&pods, &scope), Ok(vec!["127.0.1.2".to_owned(), "10.85.0.9".to_owned()]));
+        assert_eq!(
+            probe_targets(&[pod("a", Some("127.0.1.2")), pod("spoofed", Some("127.99.0.7"))], &scope),
+            Err("pod spoofed was not contacted: its IP 127.99.0.7 is outside 127.0.0.0/16,10.85.0.0/24 \
+                 (the operator's --analysis-pod-cidrs)"
+                .to_owned())
+        );
+    }
+
+    #[test]
+    fn unrestricted_scope_still_refuses_metadata_addresses_and_garbage() {
+        let scope = AddressScope::default();
+        assert_eq!(probe_targets(&[pod("v6", Some("fd00::5"))], &scope), Ok(vec!["[fd00::5]".to_owned()]));
+        let refused = probe_targets(&[pod("m", Some("169.254.169.254"))], &scope).unwrap_err();
+        assert!(refused.starts_with("pod m was not contacted: its IP 169.254.169.254 is link-local"), "{refused}");
+        assert_eq!(
+            probe_targets(&[pod("x", Some("example.com"))], &scope),
+            Err("pod x reports \"example.com\" as its IP, which is not an address".to_owned())
+        );
+    }
 }

@@ -19,6 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use taimatsu_core::AddressScope;
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment, ModelDeploymentStatus};
 use tracing::{Instrument, info, warn};
 
@@ -50,6 +51,8 @@ pub struct Context {
     pub caches: Caches,
     /// Skips applies of children already as desired.
     pub applier: Arc<Applier>,
+    /// The pod addresses rollout analysis may contact (`--analysis-pod-cidrs`).
+    pub analysis_scope: AddressScope,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
     /// The status this replica last wrote per ModelDeployment (namespace, name), until the
@@ -66,6 +69,7 @@ impl Context {
         identity: &str,
         audit: Arc<ControlPlaneAudit>,
         requesters: Requesters,
+        analysis_scope: AddressScope,
     ) -> (Self, Writers) {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.to_owned()) };
         let (caches, writers) = Caches::new();
@@ -78,6 +82,7 @@ impl Context {
             requesters,
             caches,
             applier: Arc::default(),
+            analysis_scope,
             failures: Mutex::default(),
             statuses: Mutex::default(),
         };

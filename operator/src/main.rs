@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use taimatsu_core::AddressScope;
 use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
 use taimatsu_operator::webhook::{self, Requesters, WebhookConfig};
 use taimatsu_operator::{build, controller, leader, metrics};
@@ -74,6 +75,12 @@ struct Args {
     )]
     webhook_dns_names: Vec<String>,
     /// The ValidatingWebhookConfiguration whose caBundle receives a generated CA.
+    /// The pod addresses rollout analysis may contact, as comma-separated CIDR blocks: the
+    /// cluster's pod network (e.g. 10.244.0.0/16). A pod whose reported IP lies outside
+    /// fails its analysis without being contacted. Empty: any pod IP, except addresses no
+    /// pod has (link-local, where metadata services live; unspecified; multicast).
+    #[arg(long, env = "TAIMATSU_ANALYSIS_POD_CIDRS", default_value = "", value_parser = parse_scope)]
+    analysis_pod_cidrs: AddressScope,
     #[arg(long, env = "TAIMATSU_WEBHOOK_CONFIGURATION", default_value = "taimatsu-operator")]
     webhook_configuration: String,
 }
@@ -136,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
     info!(%identity, "leading: starting the controller");
 
     let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
-    let (ctx, writers) = controller::Context::new(client, settings, metrics, &identity, audit, requesters);
+    let (ctx, writers) =
+        controller::Context::new(client, settings, metrics, &identity, audit, requesters, args.analysis_pod_cidrs);
     let mut lost = leading.clone();
     let stop = async move {
         tokio::select! {
@@ -195,6 +203,10 @@ async fn serve_http(
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))
+}
+
+fn parse_scope(list: &str) -> Result<AddressScope, String> {
+    AddressScope::parse_list(list).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

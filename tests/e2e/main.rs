@@ -3,6 +3,7 @@
 //! The control plane is shared by every test in this binary; each test has its
 //! own namespace.
 
+mod addresses;
 mod api_validation;
 mod crds;
 mod examples;

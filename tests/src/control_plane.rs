@@ -12,6 +12,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::OnceCell;
 
+use crate::addresses::{self, AddressGuard, OnViolation};
 use crate::certs::{self, Pki};
 use crate::process::{log_tail, spawn_supervised};
 use crate::wait::poll_until;
@@ -30,6 +31,9 @@ pub struct ControlPlaneOptions {
     /// kube-proxy at the Service's cluster IP (`10.0.0.1`, in its certificate). Every address
     /// rather than `ip` alone: the node's bridge comes up after the control plane.
     pub pod_reachable_at: Option<IpAddr>,
+    /// Where the [`AddressGuard`] reports a pod or node address off this machine. `None`
+    /// (every test cluster but the guard's own test): it aborts the process.
+    pub address_violations: Option<std::sync::mpsc::Sender<String>>,
 }
 
 /// A running etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok.
@@ -101,6 +105,13 @@ impl ControlPlane {
         cp.start_apiserver(&pki, apiserver_port, &etcd_url, options.pod_reachable_at)?;
         cp.wait_ready().await?;
         cp.start_controllers(&pki)?;
+        let on_violation: OnViolation = match options.address_violations {
+            Some(tx) => std::sync::Arc::new(move |violation| {
+                let _ = tx.send(violation);
+            }),
+            None => addresses::abort_on_violation(),
+        };
+        AddressGuard::start(cp.kubeconfig("taimatsu-admin"), on_violation)?;
         let client = cp.client().await?;
         crate::fleet::install(&client).await?;
         cp.wait_controllers(&client).await?;
@@ -299,7 +310,8 @@ impl ControlPlane {
                 kubeconfig,
                 "--manage-all-nodes=false".into(),
                 format!("--manage-nodes-with-annotation-selector={}=fake", crate::fleet::KWOK_ANNOTATION),
-                "--cidr=10.244.0.0/16".into(),
+                // Loopback: a probe of a simulated pod is refused on this machine.
+                format!("--cidr={}", addresses::KWOK_POD_CIDR),
                 "--node-ip=127.0.0.1".into(),
                 format!("--server-address=127.0.0.1:{}", free_port()?),
             ],
@@ -337,7 +349,7 @@ impl ControlPlane {
 
 /// A new working directory under the system temp dir, removing those left by
 /// earlier test binaries that are no longer running.
-fn fresh_work_dir() -> anyhow::Result<PathBuf> {
+pub fn fresh_work_dir() -> anyhow::Result<PathBuf> {
     const PREFIX: &str = "taimatsu-test-cluster-";
     let tmp = std::env::temp_dir();
     for entry in std::fs::read_dir(&tmp)?.flatten() {

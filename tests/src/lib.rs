@@ -6,6 +6,7 @@
 //! namespace ([`with_namespace`]). Every process is started with a parent-death
 //! signal, so nothing outlives the test binary, even when a test panics or aborts.
 
+pub mod addresses;
 pub mod apply;
 pub mod bins;
 pub mod certs;

@@ -111,6 +111,7 @@ impl Sandbox {
             .arg(format!("--audit-log={}", audit_log.display()))
             .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
             .arg("--webhook-dns-names=127.0.0.1")
+            .arg(format!("--analysis-pod-cidrs={}", crate::addresses::served_pods()))
             .arg(format!("--webhook-cert-dir={}", config.state_dir.join("no-webhook-certs").display()));
         let (operator, operator_log) = cp.start_process("operator", operator)?;
         // Fail-closed webhook: nothing Taimatsu can be applied until the operator serves it.

@@ -27,6 +27,7 @@ pub fn operator_command(cp: &ControlPlane, identity: &str, lease_name: &str, htt
         .arg(format!("--identity={identity}"))
         .arg(format!("--http-addr=127.0.0.1:{http_port}"))
         .arg(format!("--audit-log={}", audit_log(cp, identity).display()))
+        .arg(format!("--analysis-pod-cidrs={}", taimatsu_tests::addresses::served_pods()))
         // No admission webhook unless a test configures one (tests/webhook.rs).
         .arg("--webhook-addr=");
     cmd

@@ -53,8 +53,13 @@ async fn apply_examples(client: &Client, mirror: &Mirror, real_node: bool) -> an
         applied += apply::apply_yaml(client, DEMO_NAMESPACE, &serde_yaml::to_string(doc)?).await?.len();
         Ok(())
     };
+    // What the GPU examples' sources name: the claim of mistral-mig's pvc:// source and
+    // the S3 credentials of llama-70b's, so that the scheduler can place them.
+    for doc in simulated_source_objects() {
+        apply_value(&doc).await?;
+    }
     // The GPU examples are placed by the real scheduler on kwok's fake GPU nodes (kwok marks
-    // them running; nothing is served).
+    // them running; nothing is served), and marked so.
     for sub in ["accelerator-profiles", "gpu"] {
         let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("examples").join(sub))?
             .map(|e| e.map(|e| e.path()))
@@ -62,7 +67,10 @@ async fn apply_examples(client: &Client, mirror: &Mirror, real_node: bool) -> an
         files.sort();
         for file in files {
             for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&file)?) {
-                let doc = serde_json::Value::deserialize(doc)?;
+                let mut doc = serde_json::Value::deserialize(doc)?;
+                if doc["kind"] == "ModelDeployment" {
+                    mark_simulated(&mut doc);
+                }
                 if !doc.is_null() {
                     apply_value(&doc).await?;
                 }
@@ -97,12 +105,51 @@ async fn apply_examples(client: &Client, mirror: &Mirror, real_node: bool) -> an
     Ok(applied)
 }
 
+/// Label (and annotation, with the reason) of the ModelDeployments the sandbox places on
+/// kwok's simulated GPU nodes: `kubectl get modeldeployments -L` shows it as a column.
+const SIMULATED: &str = "sandbox.taimatsu.dev/simulated";
+
+/// Marks a GPU example as simulated and leaves out its rollout analysis: its pods are
+/// kwok's, which serve nothing, so an analysis could only fail (and the operator does not
+/// contact kwok's pod addresses at all: see `addresses::served_pods`).
+fn mark_simulated(doc: &mut serde_json::Value) {
+    doc["metadata"]["labels"][SIMULATED] = json!("true");
+    doc["metadata"]["annotations"][SIMULATED] =
+        json!("placed by the real scheduler on a simulated GPU node (kwok): nothing is served, so no rollout analysis");
+    if let Some(rollout) = doc["spec"]["rollout"].as_object_mut() {
+        rollout.remove("analysis");
+    }
+}
+
+/// The objects the GPU examples' sources refer to, as a cluster holding those models would
+/// have them: a bound claim `model-store` (a PersistentVolume reserved for it, never
+/// mounted: kwok runs no containers) and the Secret `model-store-credentials` (placeholder
+/// keys: nothing is fetched on a simulated node).
+fn simulated_source_objects() -> Vec<serde_json::Value> {
+    let labels = json!({ SIMULATED: "true" });
+    vec![
+        json!({ "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": { "name": "sandbox-model-store", "labels": labels },
+                "spec": { "capacity": { "storage": "500Gi" }, "accessModes": ["ReadOnlyMany"],
+                          "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+                          "claimRef": { "namespace": DEMO_NAMESPACE, "name": "model-store" },
+                          "hostPath": { "path": "/var/lib/taimatsu-sandbox/model-store" } } }),
+        json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": { "name": "model-store", "labels": labels },
+                "spec": { "accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": "sandbox-model-store",
+                          "resources": { "requests": { "storage": "500Gi" } } } }),
+        json!({ "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": "model-store-credentials", "labels": labels },
+                "stringData": { "AWS_ACCESS_KEY_ID": "sandbox-placeholder", "AWS_SECRET_ACCESS_KEY": "sandbox-placeholder" } }),
+    ]
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache/sandbox"));
     let real_node = std::env::var("TAIMATSU_NODE").is_ok_and(|v| v == "real");
     let mirror_ip: IpAddr = std::env::var("TAIMATSU_MIRROR_IP").as_deref().unwrap_or("10.85.0.1").parse()?;
-    let options = ControlPlaneOptions { pod_reachable_at: real_node.then_some(mirror_ip) };
+    let options = ControlPlaneOptions { pod_reachable_at: real_node.then_some(mirror_ip), ..Default::default() };
     let cp = ControlPlane::start_with(dir.join("cluster"), options).await?;
     let client = cp.client().await?;
     std::fs::write(dir.join("kubeconfig.path"), cp.kubeconfig("taimatsu-admin").display().to_string())?;
