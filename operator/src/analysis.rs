@@ -5,7 +5,8 @@
 //! and after `windowSeconds` reads the metrics again: the window's 5xx share and p95
 //! latency — smoke prompts and real traffic alike — must stay within the thresholds. The
 //! state between reconciles lives in an annotation of the revision record, so an operator
-//! restart or a leader change continues the same analysis.
+//! restart or a leader change continues the same analysis. This module probes and judges;
+//! the rollout executor stores the state it returns.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,24 +16,13 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use taimatsu_core::AddressScope;
-use taimatsu_crds::v1alpha1::{AnalysisSpec, ModelDeployment};
+use taimatsu_crds::v1alpha1::AnalysisSpec;
 
 use crate::build::labels::{API_PORT, METRICS_PORT};
-use crate::controller::Context;
 use crate::error::Error;
 use crate::revision::RevisionRecord;
 use crate::revision::analysis::{Sample, judge};
-use crate::revision::store;
-
-/// Where an analysis stands.
-pub enum Verdict {
-    /// Every check passed (what was seen, for the Event).
-    Passed(String),
-    /// A check failed: why.
-    Failed(String),
-    /// The window is still open: look again after this long.
-    Waiting(Duration),
-}
+use crate::revision::plan::Verdict;
 
 #[derive(Serialize, Deserialize)]
 struct State {
@@ -48,19 +38,32 @@ fn probe_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder().timeout(Duration::from_secs(120)).build()
 }
 
-/// Runs or continues the analysis of `record`, whose `pods` are all available.
+/// Where an analysis stands, and the state to store on the record when it just started.
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The started analysis (start time and metrics baseline) for the revision record.
+    pub started: Option<String>,
+}
+
+impl From<Verdict> for Outcome {
+    fn from(verdict: Verdict) -> Self {
+        Outcome { verdict, started: None }
+    }
+}
+
+/// Runs or continues the analysis `spec` of `record`, whose `pods` are all available,
+/// probing only pod IPs inside `scope`.
 pub async fn analyse(
-    md: &ModelDeployment,
-    ctx: &Context,
-    ns: &str,
+    spec: Option<&AnalysisSpec>,
+    scope: &AddressScope,
     record: &RevisionRecord,
     pods: &[Pod],
-) -> Result<Verdict, Error> {
-    let Some(spec) = &md.spec.rollout.analysis else { return Ok(Verdict::Passed(String::new())) };
-    let ips = match probe_targets(pods, &ctx.analysis_scope) {
-        Ok(ips) if ips.is_empty() => return Ok(Verdict::Waiting(Duration::from_secs(2))),
+) -> Result<Outcome, Error> {
+    let Some(spec) = spec else { return Ok(Verdict::Passed(String::new()).into()) };
+    let ips = match probe_targets(pods, scope) {
+        Ok(ips) if ips.is_empty() => return Ok(Verdict::Waiting(Duration::from_secs(2)).into()),
         Ok(ips) => ips,
-        Err(why) => return Ok(Verdict::Failed(why)),
+        Err(why) => return Ok(Verdict::Failed(why).into()),
     };
     // Built once; should that ever fail, each analysis tries again and reports the error.
     let http = match PROBES.as_ref() {
@@ -73,28 +76,29 @@ pub async fn analyse(
     let Some(state) = state else {
         let baseline = match scrape(http, &ips).await {
             Ok(s) => s,
-            Err(why) => return Ok(Verdict::Failed(why)),
+            Err(why) => return Ok(Verdict::Failed(why).into()),
         };
         if let Err(why) = smoke(http, &ips, &record.snapshot.model_name, spec).await {
-            return Ok(Verdict::Failed(why));
+            return Ok(Verdict::Failed(why).into());
         }
         let state = State { started: Timestamp::now().to_string(), baseline };
-        store::set_analysis(&ctx.client, ns, record, &serde_json::to_string(&state).unwrap_or_default()).await?;
-        return Ok(Verdict::Waiting(window));
+        let started = Some(serde_json::to_string(&state).unwrap_or_default());
+        return Ok(Outcome { verdict: Verdict::Waiting(window), started });
     };
     let started: Timestamp = state.started.parse().unwrap_or_else(|_| Timestamp::now());
     let elapsed = Duration::try_from(Timestamp::now().duration_since(started)).unwrap_or_default();
     if elapsed < window {
-        return Ok(Verdict::Waiting(window - elapsed));
+        return Ok(Verdict::Waiting(window - elapsed).into());
     }
     let now = match scrape(http, &ips).await {
         Ok(s) => s,
-        Err(why) => return Ok(Verdict::Failed(why)),
+        Err(why) => return Ok(Verdict::Failed(why).into()),
     };
     Ok(match judge(spec, &now.since(&state.baseline)) {
         Ok(seen) => Verdict::Passed(seen),
         Err(why) => Verdict::Failed(why),
-    })
+    }
+    .into())
 }
 
 /// The addresses to probe: every reported pod IP, each checked against `scope` before

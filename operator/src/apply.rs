@@ -17,11 +17,17 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::controller::FIELD_MANAGER;
+use crate::build::Children;
+use crate::cache::{Caches, Meta};
+
 use crate::error::Error;
+use crate::field_manager::FIELD_MANAGER;
 
 /// A child: kind, namespace, name.
 type Key = (String, String, String);
@@ -118,6 +124,62 @@ impl Applier {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Applied>> {
         self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What applying a ModelDeployment's children needs: the client, the applier's memory and
+/// the caches that hold the children as last seen.
+#[derive(Clone, Copy)]
+pub struct ChildWriter<'a> {
+    pub client: &'a Client,
+    pub applier: &'a Applier,
+    pub caches: &'a Caches,
+}
+
+impl ChildWriter<'_> {
+    /// Server-side applies every child (skipping those already as desired) and returns the
+    /// worker Deployment as applied. Destructured without `..`: a new child kind must be
+    /// handled here.
+    pub async fn apply_all(&self, ns: &str, name: &str, children: Children) -> Result<Deployment, Error> {
+        let Children { service_account, manifest, workload, service, egress_policy, disruption_budget } = children;
+        let (client, caches) = (self.client, self.caches);
+        self.apply(&Api::namespaced(client.clone(), ns), &service_account, &caches.accounts).await?;
+        self.apply(&Api::namespaced(client.clone(), ns), &manifest, &caches.manifests).await?;
+        let applied = self.apply_workload(ns, &workload).await?;
+        self.apply(&Api::namespaced(client.clone(), ns), &service, &caches.services).await?;
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+        match egress_policy {
+            Some(policy) => self.apply(&policies, &policy, &caches.policies).await?,
+            None => {
+                // Explicit opt-out: remove a policy an earlier spec asked for.
+                let policy = format!("{name}-egress");
+                if caches.policies.get(&ObjectRef::new(&policy).within(ns)).is_some() {
+                    self.applier.delete(&policies, ns, &policy).await?;
+                }
+            }
+        }
+        self.apply(&Api::namespaced(client.clone(), ns), &disruption_budget, &caches.budgets).await?;
+        Ok(applied)
+    }
+
+    /// Applies a child whose content the operator never reads back (cached as metadata).
+    pub async fn apply<K>(&self, api: &Api<K>, obj: &K, cached: &Store<Meta<K>>) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let current = cached.get(&ObjectRef::new(&obj.name_any()).within(&obj.namespace().unwrap_or_default()));
+        self.applier.apply(api, obj, current).await?;
+        Ok(())
+    }
+
+    /// Applies a worker Deployment and returns it as the API server (or the cache) has it.
+    pub async fn apply_workload(&self, ns: &str, workload: &Deployment) -> Result<Deployment, Error> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+        let current = self.caches.deployment(ns, &workload.name_any());
+        Ok(match self.applier.apply(&api, workload, current).await? {
+            Outcome::Applied(d) => d,
+            Outcome::Unchanged(d) => d.as_ref().clone(),
+        })
     }
 }
 

@@ -10,6 +10,8 @@ pub enum Error {
     Audit(#[from] crate::audit::AuditError),
     #[error("serializing a desired object: {0}")]
     Serialize(String),
+    #[error("rollout state machine: {0}")]
+    Stuck(String),
 }
 
 impl Error {
@@ -21,7 +23,7 @@ impl Error {
             Error::Kube(_) => "client",
             Error::NoNamespace => "invalid-object",
             Error::Audit(_) => "audit",
-            Error::Serialize(_) => "internal",
+            Error::Serialize(_) | Error::Stuck(_) => "internal",
         }
     }
 }

@@ -12,8 +12,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use taimatsu_core::AddressScope;
 use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
-use taimatsu_operator::webhook::{self, Requesters, WebhookConfig};
-use taimatsu_operator::{build, controller, leader, metrics};
+use taimatsu_operator::webhook::{self, Requesters, TlsSettings, WebhookConfig};
+use taimatsu_operator::{build, context, controller, leader, metrics};
 use taimatsu_telemetry::LogFormat;
 use tracing::info;
 
@@ -117,9 +117,11 @@ async fn main() -> anyhow::Result<()> {
         addr => {
             let config = WebhookConfig {
                 addr: addr.parse().map_err(|e| anyhow::anyhow!("--webhook-addr {addr:?}: {e}"))?,
-                cert_dir: args.webhook_cert_dir.clone().into(),
-                dns_names: args.webhook_dns_names.clone(),
-                configuration: args.webhook_configuration.clone(),
+                tls: TlsSettings {
+                    cert_dir: args.webhook_cert_dir.clone().into(),
+                    dns_names: args.webhook_dns_names.clone(),
+                    configuration: args.webhook_configuration.clone(),
+                },
             };
             Some(webhook::serve(client.clone(), config, audit.clone(), requesters.clone()).await?)
         }
@@ -144,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
     let (ctx, writers) =
-        controller::Context::new(client, settings, metrics, &identity, audit, requesters, args.analysis_pod_cidrs);
+        context::Context::new(client, settings, metrics, &identity, audit, requesters, args.analysis_pod_cidrs);
     let mut lost = leading.clone();
     let stop = async move {
         tokio::select! {

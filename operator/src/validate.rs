@@ -28,6 +28,17 @@ pub struct Validated<'m> {
     pub digest: String,
 }
 
+/// Why a deployment whose Model does not exist cannot roll out.
+pub fn model_not_found(md: &ModelDeployment) -> Blocked {
+    blocked(
+        Reason::ModelNotFound,
+        format!(
+            "Model {:?} does not exist in this namespace: create it or fix spec.modelRef.name",
+            md.spec.model_ref.name
+        ),
+    )
+}
+
 /// Validates the references of `md`.
 pub fn check<'m>(
     md: &ModelDeployment,
@@ -36,15 +47,7 @@ pub fn check<'m>(
     namespace_allows_unpinned: bool,
 ) -> Result<Validated<'m>, Blocked> {
     let spec = &md.spec;
-    let model = model.ok_or_else(|| {
-        blocked(
-            Reason::ModelNotFound,
-            format!(
-                "Model {:?} does not exist in this namespace: create it or fix spec.modelRef.name",
-                spec.model_ref.name
-            ),
-        )
-    })?;
+    let model = model.ok_or_else(|| model_not_found(md))?;
     if !model.spec.format.served_by(spec.engine.kind) {
         return Err(blocked(
             Reason::IncompatibleModel,

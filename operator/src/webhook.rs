@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -28,18 +27,14 @@ use taimatsu_crds::v1alpha1::CHANGE_CAUSE_ANNOTATION;
 use tracing::{info, warn};
 
 use crate::audit::ControlPlaneAudit;
+pub use crate::webhook_tls::TlsSettings;
 
 /// Where and how the webhook serves.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
     pub addr: SocketAddr,
-    /// Directory with `tls.crt` and `tls.key` (from Helm or cert-manager), read again when
-    /// they change. When they are missing, a CA and certificate are generated for
-    /// `dns_names` and the CA is written into the `configuration`'s caBundle (see
-    /// `crate::webhook_tls`).
-    pub cert_dir: PathBuf,
-    pub dns_names: Vec<String>,
-    pub configuration: String,
+    /// Its serving certificate.
+    pub tls: TlsSettings,
 }
 
 /// A ModelDeployment generation: namespace, name, generation.
@@ -95,7 +90,7 @@ pub async fn serve(
     audit: Arc<ControlPlaneAudit>,
     requesters: Requesters,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let tls = crate::webhook_tls::server_config(&client, &config).await?;
+    let tls = crate::webhook_tls::server_config(&client, &config.tls).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let app = Router::new().route("/validate", post(validate)).with_state(Shared { audit, requesters });
     let listener = tokio::net::TcpListener::bind(config.addr).await?;

@@ -20,11 +20,21 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
-use crate::webhook::WebhookConfig;
+/// Where the webhook's certificate comes from.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// Directory with `tls.crt` and `tls.key` (from Helm or cert-manager), read again when
+    /// they change. When they are missing, a CA and certificate are generated for
+    /// `dns_names` and the CA is written into the `configuration`'s caBundle.
+    pub cert_dir: PathBuf,
+    pub dns_names: Vec<String>,
+    /// The ValidatingWebhookConfiguration that receives a generated CA.
+    pub configuration: String,
+}
 
 /// The webhook's TLS configuration: supplied files (reloaded when they change), or a
 /// generated CA and certificate whose CA is published in the ValidatingWebhookConfiguration.
-pub async fn server_config(client: &Client, config: &WebhookConfig) -> anyhow::Result<rustls::ServerConfig> {
+pub async fn server_config(client: &Client, config: &TlsSettings) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?

@@ -1,11 +1,11 @@
-//! Rollout decisions as pure functions of what was observed: which revision is stable,
-//! how many pods each revision gets at this step, whether a rollout failed, and which
-//! records the history limit prunes.
+//! The pieces [`super::decide`] is made of, each a pure function of what was observed:
+//! which revision is stable, how many pods each revision gets at this step, whether a
+//! rollout failed, and which records the history limit prunes.
 
 use k8s_openapi::api::core::v1::Pod;
 use taimatsu_crds::v1alpha1::{RolloutSpec, RolloutStrategy};
 
-use super::record::{Outcome, RevisionRecord};
+use crate::revision::record::{Outcome, RevisionRecord};
 use crate::status::Reason;
 
 /// The last stable revision: the active one (the highest, should there ever be two).

@@ -27,17 +27,21 @@
 //! generations the admission webhook recorded (`recent-requesters`), so the leader can name
 //! the user on a revision even when another replica's webhook admitted the change.
 
-use std::collections::BTreeMap;
+mod head;
+mod segment;
+
 use std::io::Write;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::Value;
-use taimatsu_core::audit_chain::{ChainState, GENESIS};
+use taimatsu_core::audit_chain::ChainState;
 use tokio::sync::{Mutex, oneshot};
-use tracing::warn;
+
+use self::head::{Head, RECENT_LIMIT, REQUESTERS_LIMIT, decision_digest, requester_line};
+use self::segment::{missing_lines, open_segment};
 
 /// Where the trail goes.
 #[derive(Clone, Debug)]
@@ -95,30 +99,6 @@ struct Committer {
     head: Option<Head>,
 }
 
-/// The head as stored: the lines of the last swap, from whose last line sequence and
-/// hash are read.
-#[derive(Clone)]
-struct Head {
-    state: ChainState,
-    /// Every line the last swap sealed, oldest first, each ending in a newline.
-    batch: String,
-    /// Digests of the decision ids of the latest records, oldest first.
-    recent: Vec<String>,
-    /// `namespace/name/generation "user"` of the latest ModelDeployment admissions, oldest first.
-    requesters: Vec<String>,
-    resource_version: Option<String>,
-}
-
-/// The last sealed line: what `kubectl taimatsu audit verify --against-cluster` compares.
-const LINE_KEY: &str = "last-record";
-const BATCH_KEY: &str = "last-batch";
-const RECENT_KEY: &str = "recent-decisions";
-const REQUESTERS_KEY: &str = "recent-requesters";
-/// Admissions remembered by the head: the leader looks a generation up moments after its
-/// admission, so this only has to outlast a burst of changes.
-const REQUESTERS_LIMIT: usize = 256;
-/// Decision ids remembered by the head: far more than one reconcile's retries can need.
-const RECENT_LIMIT: usize = 512;
 /// Records sealed by one swap: keeps the head ConfigMap far below its 1 MiB limit.
 const MAX_BATCH: usize = 64;
 /// How long a swap waits for more records to join it: a fraction of one API round trip,
@@ -235,7 +215,7 @@ impl ControlPlaneAudit {
         for _ in 0..5 {
             let head = match committer.head.take() {
                 Some(head) => head,
-                None => self.read_head(&api).await?,
+                None => Head::read(&api, &self.config.head_name).await?,
             };
             self.check_not_diverged(committer.file.as_ref().map(|(_, s)| s), &head)?;
             let mut state = head.state.clone();
@@ -264,7 +244,7 @@ impl ControlPlaneAudit {
             recent.drain(..excess);
             let excess = requesters.len().saturating_sub(REQUESTERS_LIMIT);
             requesters.drain(..excess);
-            let map = self.head_map(&lines, &recent, &requesters, head.resource_version.clone());
+            let map = head::config_map(&self.config, &lines, &recent, &requesters, head.resource_version.clone());
             let swapped = match head.resource_version {
                 Some(_) => api.replace(&self.config.head_name, &PostParams::default(), &map).await,
                 None => api.create(&PostParams::default(), &map).await,
@@ -316,41 +296,12 @@ impl ControlPlaneAudit {
         }
     }
 
-    async fn read_head(&self, api: &Api<ConfigMap>) -> Result<Head, AuditError> {
-        let Some(map) = api.get_opt(&self.config.head_name).await? else {
-            return Ok(Head {
-                state: ChainState::default(),
-                batch: String::new(),
-                recent: Vec::new(),
-                requesters: Vec::new(),
-                resource_version: None,
-            });
-        };
-        let malformed = |why: String| AuditError::MalformedHead(self.config.head_name.clone(), why);
-        let data = map.data.unwrap_or_default();
-        // A head written before batches has only its last line.
-        let batch = data.get(BATCH_KEY).or(data.get(LINE_KEY)).cloned().unwrap_or_default();
-        let state = match batch.lines().last() {
-            None => ChainState::default(),
-            Some(l) => {
-                let v: Value = serde_json::from_str(l).map_err(|e| malformed(e.to_string()))?;
-                let seq = v["seq"].as_u64().ok_or_else(|| malformed("no seq".into()))?;
-                let hash = v["hash"].as_str().ok_or_else(|| malformed("no hash".into()))?;
-                ChainState { last_seq: seq, last_hash: hash.to_owned() }
-            }
-        };
-        let lines = |key| data.get(key).map(|r| r.lines().map(str::to_owned).collect()).unwrap_or_default();
-        let (recent, requesters) = (lines(RECENT_KEY), lines(REQUESTERS_KEY));
-        let batch = if batch.is_empty() || batch.ends_with('\n') { batch } else { batch + "\n" };
-        Ok(Head { state, batch, recent, requesters, resource_version: map.metadata.resource_version })
-    }
-
     /// The user whose request the admission webhook recorded for `generation` of the
     /// ModelDeployment `namespace/name`, as the head holds it now (any replica's webhook).
     /// None when the head does not remember it: no webhook, or too long ago.
     pub async fn requester(&self, namespace: &str, name: &str, generation: i64) -> Result<Option<String>, AuditError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.config.head_namespace);
-        let head = self.read_head(&api).await?;
+        let head = Head::read(&api, &self.config.head_name).await?;
         let key = format!("{namespace}/{name}/{generation} ");
         // The latest admission of that generation, as this replica's own cache keeps it.
         Ok(head
@@ -360,135 +311,8 @@ impl ControlPlaneAudit {
             .find_map(|line| line.strip_prefix(&key))
             .and_then(|user| serde_json::from_str::<String>(user).ok()))
     }
-
-    fn head_map(
-        &self,
-        lines: &str,
-        recent: &[String],
-        requesters: &[String],
-        resource_version: Option<String>,
-    ) -> ConfigMap {
-        let last = lines.split_inclusive('\n').next_back().unwrap_or_default();
-        ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(self.config.head_name.clone()),
-                namespace: Some(self.config.head_namespace.clone()),
-                resource_version,
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/part-of".to_owned(),
-                    "taimatsu-control-plane-audit".to_owned(),
-                )])),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([
-                (LINE_KEY.to_owned(), last.to_owned()),
-                (BATCH_KEY.to_owned(), lines.to_owned()),
-                (RECENT_KEY.to_owned(), recent.join("\n")),
-                (REQUESTERS_KEY.to_owned(), requesters.join("\n")),
-            ])),
-            ..Default::default()
-        }
-    }
-}
-
-/// `namespace/name/generation "user"` for a webhook's admission record of a ModelDeployment
-/// generation. Namespaces and names cannot hold `/` or spaces; the user is JSON-quoted.
-fn requester_line(record: &Value) -> Option<String> {
-    if record["event"] != "admission" || record["kind"] != "ModelDeployment" {
-        return None;
-    }
-    let (ns, name, generation) =
-        (record["namespace"].as_str()?, record["name"].as_str()?, record["generation"].as_i64()?);
-    let user = serde_json::to_string(record["user"].as_str()?).ok()?;
-    Some(format!("{ns}/{name}/{generation} {user}"))
-}
-
-/// The lines of `batch` after the file's last record, when they continue its chain.
-fn missing_lines(batch: &str, file: &ChainState) -> String {
-    let field = |line: &str, key: &str| serde_json::from_str::<Value>(line).ok().map(|v| v[key].clone());
-    let missing: Vec<&str> = batch
-        .split_inclusive('\n')
-        .filter(|l| field(l, "seq").and_then(|s| s.as_u64()).is_some_and(|s| s > file.last_seq))
-        .collect();
-    match missing.first() {
-        Some(first)
-            if field(first, "seq").and_then(|s| s.as_u64()) == Some(file.last_seq + 1)
-                && field(first, "prev").and_then(|p| p.as_str().map(str::to_owned)).as_deref()
-                    == Some(file.last_hash.as_str()) =>
-        {
-            missing.concat()
-        }
-        _ => String::new(),
-    }
-}
-
-/// Opens this replica's segment for appending, after checking it and cutting a torn tail.
-fn open_segment(path: &std::path::Path) -> Result<(std::fs::File, ChainState), AuditError> {
-    let shown = path.display().to_string();
-    let io = |source| AuditError::File { path: shown.clone(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let existing = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(e)),
-    };
-    // A segment may start anywhere in the chain (a later leader's file starts mid-chain),
-    // so it is checked link by link from its own first record.
-    let (state, keep) =
-        resume_segment(&existing).map_err(|problem| AuditError::Broken { path: shown.clone(), problem })?;
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    if keep < existing.len() as u64 {
-        warn!(path = %shown, "dropping a torn last audit line left by a crash");
-        file.set_len(keep).map_err(io)?;
-    }
-    Ok((file, state))
-}
-
-/// Where a segment's chain stands and the length of its complete lines.
-fn resume_segment(bytes: &[u8]) -> Result<(ChainState, u64), String> {
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let Some(first) = bytes[..complete].split(|b| *b == b'\n').next().filter(|l| !l.is_empty()) else {
-        return Ok((ChainState::default(), complete as u64));
-    };
-    let v: Value = serde_json::from_slice(first).map_err(|e| format!("line 1: {e}"))?;
-    let start = ChainState {
-        last_seq: v["seq"].as_u64().unwrap_or(1).saturating_sub(1),
-        last_hash: v["prev"].as_str().unwrap_or(GENESIS).to_owned(),
-    };
-    let state = taimatsu_core::audit_chain::verify_from(&start, &bytes[..complete]).map_err(|e| e.to_string())?;
-    Ok((state, complete as u64))
-}
-
-/// What the head remembers of a decision id: a short digest, so that 512 of them stay a few
-/// kilobytes of every swap.
-fn decision_digest(decision: &str) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(decision.as_bytes())[..8])
 }
 
 fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn requester_lines_name_the_generation_and_quote_the_user() {
-        let admission = json!({ "event": "admission", "kind": "ModelDeployment", "namespace": "clinic",
-                                "name": "chat", "generation": 3, "user": "Dr. Alice \"on call\"" });
-        assert_eq!(requester_line(&admission).as_deref(), Some(r#"clinic/chat/3 "Dr. Alice \"on call\"""#));
-        for other in [
-            json!({ "event": "admission", "kind": "Model", "namespace": "clinic", "name": "m", "generation": 1, "user": "a" }),
-            json!({ "event": "revision-created", "modelDeployment": "chat", "namespace": "clinic", "revision": 1 }),
-            // A delete carries no new generation.
-            json!({ "event": "admission", "kind": "ModelDeployment", "namespace": "clinic", "name": "chat", "user": "a" }),
-        ] {
-            assert_eq!(requester_line(&other), None, "{other}");
-        }
-    }
 }
