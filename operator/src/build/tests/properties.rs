@@ -60,3 +60,17 @@ fn a_revision_snapshot_rebuilds_exactly_what_it_recorded() {
     let again = build(&inputs(&rebuilt, &rebuilt_model, rebuilt_profile.as_ref().unwrap(), &settings, &hash)).workload;
     assert_eq!(original.spec.unwrap().template, again.spec.unwrap().template);
 }
+
+/// A ModelDeployment read from the API server always has a uid; without one there is no
+/// owner to name, and the list is empty rather than absent.
+#[test]
+fn a_deployment_without_uid_gives_its_children_an_empty_owner_list() {
+    let (mut md, model, profile) = (tp2_deployment(), qwen(), h100());
+    md.metadata.uid = None;
+    let settings = Settings { worker_image: "w".into(), hf_mirror: None };
+    let children = build(&inputs(&md, &model, &profile, &settings, "r"));
+    let owners = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| meta.owner_references.clone();
+    assert_eq!(owners(&children.service_account.metadata), Some(vec![]));
+    assert_eq!(owners(&children.workload.metadata), Some(vec![]));
+    assert_eq!(owners(&children.service.metadata), Some(vec![]));
+}
