@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use taimatsu_core::{EngineKind, ModelFormat, ParameterCount, memory_fit};
@@ -21,18 +22,25 @@ const WORKER_UID: i64 = 65532;
 
 pub fn service_account(inputs: &Inputs<'_>) -> ServiceAccount {
     let name = labels::worker_service_account(&inputs.deployment.name_any());
-    from_json(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": child_meta(inputs, name),
+    ServiceAccount {
+        metadata: child_meta(inputs, name),
         // Workers never talk to the API server.
-        "automountServiceAccountToken": false,
-    }))
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// Metadata of the objects of one revision: named after it and labelled with it.
+fn revision_meta(inputs: &Inputs<'_>) -> ObjectMeta {
+    let mut meta = child_meta(inputs, labels::revision_name(&inputs.deployment.name_any(), &inputs.revision));
+    meta.labels.get_or_insert_default().insert(labels::REVISION_LABEL.to_owned(), inputs.revision.clone());
+    meta
 }
 
 /// The file manifest the fetch step verifies against, immutable per revision.
 pub fn manifest_config_map(inputs: &Inputs<'_>) -> ConfigMap {
-    let md_name = inputs.deployment.name_any();
     let model = &inputs.model.spec;
+    // The file's content, not a Kubernetes object: a JSON value, whose keys serialize sorted.
     let manifest = json!({
         "model": inputs.model.name_any(),
         "source": model.source.uri,
@@ -40,14 +48,13 @@ pub fn manifest_config_map(inputs: &Inputs<'_>) -> ConfigMap {
         "digest": inputs.model_digest,
         "files": model.files,
     });
-    let mut meta = child_meta(inputs, labels::revision_name(&md_name, &inputs.revision));
-    meta["labels"][labels::REVISION_LABEL] = json!(inputs.revision);
-    from_json(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": meta,
-        "immutable": true,
-        "data": { "manifest.json": serde_json::to_string_pretty(&manifest).unwrap_or_default() },
-    }))
+    let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    ConfigMap {
+        metadata: revision_meta(inputs),
+        immutable: Some(true),
+        data: Some(BTreeMap::from([("manifest.json".to_owned(), text)])),
+        ..ConfigMap::default()
+    }
 }
 
 pub fn deployment(inputs: &Inputs<'_>) -> Deployment {
@@ -57,8 +64,7 @@ pub fn deployment(inputs: &Inputs<'_>) -> Deployment {
     let revision_labels = labels::revision_selector(&name, &inputs.revision);
     let mut pod_labels = labels::common(&name);
     pod_labels.extend(revision_labels.clone());
-    let mut meta = child_meta(inputs, labels::revision_name(&name, &inputs.revision));
-    meta["labels"][labels::REVISION_LABEL] = json!(inputs.revision);
+    let meta = serde_json::to_value(revision_meta(inputs)).unwrap_or_default();
 
     let strategy = match spec.rollout.strategy {
         RolloutStrategy::Recreate => json!({ "type": "Recreate" }),
