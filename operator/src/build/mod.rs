@@ -2,9 +2,12 @@
 //! its spec, its Model and its AcceleratorProfile without any client call.
 //! Tested by comparing whole objects; applied by `crate::apply`.
 
+mod containers;
 pub mod labels;
 mod network;
 mod revision;
+mod sizing;
+mod volumes;
 mod workload;
 
 #[cfg(test)]
