@@ -2,18 +2,24 @@
 //! its spec, its Model and its AcceleratorProfile without any client call.
 //! Tested by comparing whole objects; applied by `crate::apply`.
 
+mod containers;
 pub mod labels;
 mod network;
 mod revision;
+mod sizing;
+mod volumes;
 mod workload;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 
@@ -68,13 +74,20 @@ pub fn build(inputs: &Inputs<'_>) -> Children {
 
 /// Metadata every child carries: namespace, labels and the controller owner reference
 /// that lets the garbage collector remove it with its ModelDeployment.
-pub(crate) fn child_meta(inputs: &Inputs<'_>, name: String) -> serde_json::Value {
+pub(crate) fn child_meta(inputs: &Inputs<'_>, name: String) -> ObjectMeta {
     let md = inputs.deployment;
-    let owner = md.controller_owner_ref(&()).map(|o| serde_json::to_value(o).unwrap_or_default());
-    serde_json::json!({
-        "name": name,
-        "namespace": md.namespace(),
-        "labels": labels::common(&md.name_any()),
-        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-    })
+    ObjectMeta {
+        name: Some(name),
+        namespace: md.namespace(),
+        labels: Some(labels::common(&md.name_any())),
+        // An empty list, not an absent one, when there is no owner (no uid): as the JSON
+        // builders had it (see the properties tests).
+        owner_references: Some(md.controller_owner_ref(&()).into_iter().collect()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A selector of the pods carrying all of `labels`.
+pub(crate) fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector { match_labels: Some(labels), match_expressions: None }
 }
