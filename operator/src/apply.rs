@@ -222,3 +222,75 @@ fn hash<K: serde::Serialize>(obj: &K) -> Result<u64, Error> {
     bytes.hash(&mut h);
     Ok(h.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+
+    use super::*;
+
+    fn meta() -> ObjectMeta {
+        ObjectMeta {
+            generation: Some(3),
+            resource_version: Some("100".into()),
+            labels: Some(BTreeMap::from([("taimatsu.dev/model-deployment".into(), "chat".into())])),
+            annotations: Some(BTreeMap::from([("deployment.kubernetes.io/revision".into(), "4".into())])),
+            owner_references: Some(vec![OwnerReference { uid: "u-1".into(), ..Default::default() }]),
+            ..Default::default()
+        }
+    }
+
+    fn keys() -> Keys {
+        Keys { labels: vec!["taimatsu.dev/model-deployment".into()], annotations: vec![] }
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_status_and_what_others_add() {
+        let base = fingerprint(&meta(), &keys());
+        // A status update moves the resourceVersion, not the generation.
+        assert_eq!(fingerprint(&ObjectMeta { resource_version: Some("101".into()), ..meta() }, &keys()), base);
+        // The Deployment controller's own annotation, and labels the operator does not set.
+        let mut others = meta();
+        others.annotations.as_mut().unwrap().insert("deployment.kubernetes.io/revision".into(), "5".into());
+        others.labels.as_mut().unwrap().insert("team".into(), "ml".into());
+        assert_eq!(fingerprint(&others, &keys()), base);
+    }
+
+    #[test]
+    fn the_fingerprint_moves_with_the_spec_the_operators_metadata_owners_and_deletion() {
+        let base = fingerprint(&meta(), &keys());
+        let changed = [
+            ObjectMeta { generation: Some(4), ..meta() },
+            ObjectMeta {
+                labels: Some(BTreeMap::from([("taimatsu.dev/model-deployment".into(), "x".into())])),
+                ..meta()
+            },
+            ObjectMeta { owner_references: Some(vec![]), ..meta() },
+            ObjectMeta { deletion_timestamp: Some(Time("2026-12-02T00:00:00Z".parse().unwrap())), ..meta() },
+        ];
+        for (i, m) in changed.iter().enumerate() {
+            assert_ne!(fingerprint(m, &keys()), base, "case {i}");
+        }
+        // Kinds without a generation: the resourceVersion stands in.
+        let unversioned = ObjectMeta { generation: None, ..meta() };
+        let moved = ObjectMeta { generation: None, resource_version: Some("101".into()), ..meta() };
+        assert_ne!(fingerprint(&unversioned, &keys()), fingerprint(&moved, &keys()));
+    }
+
+    #[test]
+    fn an_echo_is_the_applied_object_or_with_status_ignored_only_its_status_changed() {
+        let applied = Applied {
+            desired: 1,
+            keys: keys(),
+            fingerprint: fingerprint(&meta(), &keys()),
+            resource_version: Some("100".into()),
+        };
+        assert!(applied.shows(&meta(), false));
+        let status_only = ObjectMeta { resource_version: Some("101".into()), ..meta() };
+        assert!(!applied.shows(&status_only, false));
+        assert!(applied.shows(&status_only, true));
+        assert!(!applied.shows(&ObjectMeta { generation: Some(4), ..meta() }, true));
+    }
+}

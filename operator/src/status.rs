@@ -261,3 +261,128 @@ pub fn to_conditions(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn state(ready: i32, available: bool) -> RevisionState {
+        RevisionState { available, ready_replicas: ready, replicas: ready, problem: None }
+    }
+
+    fn progress(desired: &RevisionState) -> Progress<'_> {
+        Progress {
+            replicas: 2,
+            desired_number: 3,
+            desired,
+            complete: false,
+            failed: None,
+            serving: None,
+            rolled_back: false,
+            analysing: None,
+        }
+    }
+
+    /// (type, status, reason, message) of each condition.
+    fn summary(observed: &[Observed]) -> Vec<(&str, bool, &str, String)> {
+        observed.iter().map(|o| (o.type_, o.status, o.reason.as_str(), o.message.clone())).collect()
+    }
+
+    #[test]
+    fn a_complete_rollout_is_ready_and_no_longer_progressing() {
+        let desired = state(2, true);
+        let conditions = serving(&Progress { complete: true, ..progress(&desired) });
+        assert_eq!(
+            summary(&conditions),
+            [
+                ("Ready", true, "Available", "2 of 2 replicas of revision 3 ready".to_owned()),
+                ("Progressing", false, "RolloutComplete", "revision 3 is serving".to_owned()),
+                ("Degraded", false, "AsExpected", String::new()),
+                ("RolledBack", false, "AsExpected", String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_stable_revision_keeps_it_ready_while_the_new_one_rolls_out_or_is_analysed() {
+        let desired = state(1, false);
+        let rolling = serving(&Progress { serving: Some((2, true)), ..progress(&desired) });
+        assert_eq!(
+            summary(&rolling)[0],
+            ("Ready", true, "Available", "revision 2 is serving while revision 3 rolls out".into())
+        );
+        assert_eq!(summary(&rolling)[1].3, "rolling out revision 3: 1 of 2 replicas of revision 3 ready");
+        let analysing = serving(&Progress { analysing: Some(Duration::from_secs(42)), ..progress(&desired) });
+        assert_eq!(
+            summary(&analysing)[1],
+            (
+                "Progressing",
+                true,
+                "RolloutInProgress",
+                "analysing revision 3: smoke prompts answered; judging its metrics for 42 s more".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_failed_revision_rolled_back_is_degraded_and_says_what_serves() {
+        let desired = state(0, false);
+        let failure = (Reason::DigestMismatch, "model.gguf: sha256 differs".to_owned());
+        let held =
+            Progress { failed: Some(&failure), serving: Some((2, true)), rolled_back: true, ..progress(&desired) };
+        assert_eq!(
+            summary(&serving(&held)),
+            [
+                ("Ready", true, "Available", "revision 2 is serving while revision 3 failed".to_owned()),
+                ("Progressing", false, "DigestMismatch", "revision 3 failed: model.gguf: sha256 differs".to_owned()),
+                ("Degraded", true, "DigestMismatch", "model.gguf: sha256 differs".to_owned()),
+                (
+                    "RolledBack",
+                    true,
+                    "DigestMismatch",
+                    "desired revision 3 failed (DigestMismatch: model.gguf: sha256 differs): serving revision 2"
+                        .to_owned()
+                ),
+            ]
+        );
+        // Nothing to return to: not ready, with the failure.
+        let alone = Progress { failed: Some(&failure), ..progress(&desired) };
+        assert_eq!(summary(&serving(&alone))[0].2, "DigestMismatch");
+        assert!(!serving(&alone)[0].status);
+    }
+
+    #[test]
+    fn scaled_to_zero_is_ready() {
+        let desired = state(0, true);
+        let conditions = serving(&Progress { replicas: 0, ..progress(&desired) });
+        assert_eq!(summary(&conditions)[0], ("Ready", true, "ScaledToZero", "spec.replicas is 0".into()));
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_their_status_holds() {
+        let then = Time("2026-12-01T00:00:00Z".parse().unwrap());
+        let now = Time("2026-12-02T00:00:00Z".parse().unwrap());
+        let first = to_conditions(&blocked(Reason::ModelNotFound, "no model"), &[], Some(1), then.clone());
+        assert!(first.iter().all(|c| c.last_transition_time == then && c.observed_generation == Some(1)));
+        // Same status, other reason: the time stays; a flipped status takes `now`.
+        let desired = state(2, true);
+        let next =
+            to_conditions(&serving(&Progress { complete: true, ..progress(&desired) }), &first, Some(2), now.clone());
+        let time = |type_: &str| next.iter().find(|c| c.type_ == type_).unwrap().last_transition_time.clone();
+        assert_eq!(time("Ready"), now, "Ready went False → True");
+        assert_eq!(time("Progressing"), then, "Progressing stayed False");
+        assert_eq!(time("Degraded"), now, "Degraded went True → False");
+        assert_eq!(next[0].reason, "Available");
+    }
+
+    #[test]
+    fn a_pod_problem_names_the_scheduler_or_the_fetch_step() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({ "status": { "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/5 nodes are available" }] } }))
+        .unwrap();
+        assert_eq!(pod_problem(&[pod]), Some((Reason::Unschedulable, "0/5 nodes are available".into())));
+        assert_eq!(Reason::parse_failure("CrashLoop: worker exited"), (Reason::CrashLoop, "worker exited".into()));
+    }
+}

@@ -24,6 +24,7 @@ fn pod_on(node: &str) -> Pod {
 }
 
 #[tokio::test]
+#[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
 async fn simulated_pods_and_nodes_get_loopback_addresses() {
     with_namespace("loopback_addresses", |client: Client, ns| async move {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -48,6 +49,7 @@ async fn simulated_pods_and_nodes_get_loopback_addresses() {
 /// A cluster of its own, whose guard reports instead of aborting: a node and a pod are
 /// given addresses off the machine (only written to the API: nothing is sent there).
 #[tokio::test]
+#[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
 async fn the_address_guard_names_a_pod_or_node_address_off_the_machine() {
     let (tx, violations) = std::sync::mpsc::channel();
     let options = ControlPlaneOptions { address_violations: Some(tx), ..Default::default() };

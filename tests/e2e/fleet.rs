@@ -4,6 +4,7 @@ use taimatsu_tests::ControlPlane;
 use taimatsu_tests::fleet::FLEET;
 
 #[tokio::test]
+#[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
 async fn fake_gpu_nodes_report_their_accelerators() {
     let client = ControlPlane::shared().await.client().await.unwrap();
     let nodes: Api<Node> = Api::all(client);
