@@ -152,8 +152,11 @@ async fn the_operator_deploys_the_quickstart_and_the_model_answers() {
         wait_for(&mds, "revision 1 serving by request", |s| s.serving_revision == Some(1) && s.desired_revision == Some(1)).await;
     })
     .await;
+    // The operator lives as long as the sandbox: keep it through the last phase.
+    let operator_kept = sandbox.clone();
     with_namespace("embeddings", move |client, ns| embeddings_example_answers(sandbox, client, ns)).await;
     with_namespace("simulated_gpu", simulated_pods_are_never_probed).await;
+    drop(operator_kept);
     let audit = std::fs::read(cp.dir().join("sandbox/audit/operator-0.jsonl")).unwrap();
     taimatsu_core::audit_chain::verify(&audit).expect("the control-plane audit verifies");
     let events: Vec<Value> = audit

@@ -3,8 +3,15 @@
 //! The holder renews the Lease every `renew`; a candidate takes it over once it has
 //! not been renewed for `duration`. Updates carry the resourceVersion read, so two
 //! candidates racing for an expired Lease cannot both win: one gets a conflict.
+//!
+//! A failed renewal is not a lost Lease: as client-go's leader election does, the holder
+//! keeps leading while renewals fail (an API server restart, a control-plane upgrade) until
+//! `renew_deadline` has passed since its last successful renewal, which is below the lease
+//! duration, so no other candidate can have taken over by then. Only then, or when another
+//! holder is seen, does it stop. (Kept here rather than taken from a crate: kube 5 ships no
+//! leader election, and the crates that add one pin other kube versions.)
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -22,6 +29,8 @@ pub struct LeaseConfig {
     pub identity: String,
     pub duration: Duration,
     pub renew: Duration,
+    /// How long the holder keeps leading while renewals fail; below `duration`.
+    pub renew_deadline: Duration,
 }
 
 /// Campaigns for the Lease forever. The returned receiver turns `true` when this
@@ -30,14 +39,18 @@ pub fn campaign(client: Client, config: LeaseConfig) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
+        let mut renewed: Option<Instant> = None;
         loop {
-            let leading = match try_acquire(&leases, &config).await {
-                Ok(leading) => leading,
-                Err(e) => {
-                    // Unsure whether the lease is still ours: stop rather than risk two leaders.
-                    warn!(error = %e, "lease update failed");
-                    false
-                }
+            let round = try_acquire(&leases, &config).await;
+            if let Err(e) = &round {
+                warn!(error = %e, "lease update failed");
+            }
+            let leading =
+                still_leading(round.as_ref().ok().copied(), renewed.map(|t| t.elapsed()), config.renew_deadline);
+            renewed = match round {
+                Ok(true) => Some(Instant::now()),
+                _ if leading => renewed,
+                _ => None,
             };
             if leading != *tx.borrow() {
                 info!(identity = %config.identity, leading, "leadership changed");
@@ -47,6 +60,16 @@ pub fn campaign(client: Client, config: LeaseConfig) -> watch::Receiver<bool> {
         }
     });
     rx
+}
+
+/// Whether this replica leads after a round: `round` is its outcome (`None`: it failed, so
+/// the Lease may still be ours), `since_renewal` the time since our last successful renewal
+/// while we lead. A failed round keeps the lead until the renew deadline.
+fn still_leading(round: Option<bool>, since_renewal: Option<Duration>, renew_deadline: Duration) -> bool {
+    match round {
+        Some(leading) => leading,
+        None => since_renewal.is_some_and(|since| since < renew_deadline),
+    }
 }
 
 /// One round: renew our Lease, take over an expired one, or report another holder.
@@ -96,4 +119,25 @@ fn lease_spec(config: &LeaseConfig, acquired: Timestamp, renewed: Timestamp, tra
         "renewTime": MicroTime(renewed),
         "leaseTransitions": transitions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn failed_renewals_keep_the_lead_until_the_renew_deadline() {
+        assert!(still_leading(None, Some(Duration::from_secs(4)), DEADLINE), "an API server restart 4 s in");
+        assert!(!still_leading(None, Some(Duration::from_secs(10)), DEADLINE), "the deadline passed");
+        assert!(!still_leading(None, None, DEADLINE), "a candidate that never led stays a candidate");
+    }
+
+    #[test]
+    fn a_round_that_answers_decides() {
+        assert!(still_leading(Some(true), None, DEADLINE));
+        // Another holder (or a lost race, 409): stop at once, whatever the deadline says.
+        assert!(!still_leading(Some(false), Some(Duration::from_secs(1)), DEADLINE));
+    }
 }

@@ -170,6 +170,30 @@ impl ControlPlane {
         Ok((child, log))
     }
 
+    /// SIGKILLs the control-plane component `name` (e.g. `kube-apiserver`, `etcd`), as a
+    /// crash or an upgrade would, keeps it down for `down`, and starts it again with the same
+    /// arguments; returns once the API server answers `/readyz` again.
+    pub async fn kill_and_restart(&self, name: &str, down: Duration) -> anyhow::Result<()> {
+        let args = {
+            let mut children = self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let component = children
+                .iter_mut()
+                .find(|c| c.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no control-plane component {name}"))?;
+            component.child.kill()?;
+            component.child.wait()?;
+            component.args.clone()
+        };
+        tokio::time::sleep(down).await;
+        let child = self.spawn_child(name, &args)?;
+        if let Some(component) =
+            self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter_mut().find(|c| c.name == name)
+        {
+            component.child = child;
+        }
+        self.wait_ready().await
+    }
+
     fn log(&self, component: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{component}.log"))
     }
