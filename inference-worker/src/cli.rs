@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::audit::FailurePolicy;
-use crate::serve::state::AuditLevel;
+use crate::audit::{AuditLevel, FailurePolicy};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::audit::AuditCounters;
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
@@ -169,6 +171,11 @@ impl Metrics {
             m.upstream_kv_cache_usage.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// The audit writer's counters, shared with this registry.
+    pub fn audit_counters(&self) -> AuditCounters {
+        AuditCounters { records: self.audit_records.clone(), write_failures: self.audit_failures.clone() }
     }
 
     pub fn encode(&self) -> String {

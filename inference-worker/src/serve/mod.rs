@@ -19,13 +19,13 @@ use anyhow::Context;
 use taimatsu_core::ModelManifest;
 
 use crate::api::validate::RequestLimits;
-use crate::audit::{AuditLog, AuditSinks, FsyncPolicy};
+use crate::audit::{AuditLevel, AuditLog, AuditSinks, FsyncPolicy};
 use crate::backend::supervisor::{self, UpstreamConfig};
 use crate::backend::upstream::Upstream;
 use crate::backend::{Backend, builtin::Builtin};
 use crate::cli::{Engine, Fsync, ServeArgs};
 use crate::termination::Failure;
-use state::{AppState, AuditLevel, unix_now};
+use state::{AppState, unix_now};
 
 /// `telemetry`: which OpenTelemetry signals are exported (request spans, audit log records).
 pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> Result<(), Failure> {
@@ -69,7 +69,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
             fsync,
             failure: args.audit_failure,
         };
-        AuditLog::start(sinks, metrics.clone()).map_err(|e| Failure::new("AuditUnavailable", e.to_string()))?
+        AuditLog::start(sinks, metrics.audit_counters()).map_err(|e| Failure::new("AuditUnavailable", e.to_string()))?
     };
     let upstream_base = args.upstream_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", args.upstream_port));
     let backend = match args.engine {

@@ -8,19 +8,8 @@ use super::admission::Admission;
 use super::auth::Auth;
 use super::metrics::Metrics;
 use crate::api::validate::RequestLimits;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLevel, AuditLog};
 use crate::backend::Backend;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditLevel {
-    /// No request records.
-    None,
-    /// Who, what, when, token counts, status, and SHA-256 of prompt and response.
-    Metadata,
-    /// Metadata plus the prompt and response text, after redaction.
-    Full,
-}
 
 pub struct AppState {
     pub served_model: String,
