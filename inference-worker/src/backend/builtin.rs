@@ -307,7 +307,7 @@ pub async fn embeddings(builtin: &Builtin, mut scope: RequestScope, body: Bytes)
 /// safetensors directory for embeddings — and warms it up with one tiny request.
 pub async fn load(
     builtin: &Builtin,
-    args: &crate::cli::ServeArgs,
+    args: &crate::serve::ServeArgs,
     manifest: &taimatsu_core::ModelManifest,
 ) -> Result<(), crate::termination::Failure> {
     use crate::termination::Failure;

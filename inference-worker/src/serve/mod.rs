@@ -4,11 +4,14 @@
 //! exits with the reason in its termination message.
 
 pub mod admission;
+pub mod args;
 pub mod auth;
 pub mod metrics;
 pub mod router;
 pub mod scope;
 pub mod state;
+
+pub use args::ServeArgs;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +26,8 @@ use crate::audit::{AuditLevel, AuditLog, AuditSinks, FsyncPolicy};
 use crate::backend::supervisor::{self, UpstreamConfig};
 use crate::backend::upstream::Upstream;
 use crate::backend::{Backend, builtin::Builtin};
-use crate::cli::{Engine, Fsync, ServeArgs};
 use crate::termination::Failure;
+use args::{Engine, Fsync};
 use state::{AppState, unix_now};
 
 /// `telemetry`: which OpenTelemetry signals are exported (request spans, audit log records).
