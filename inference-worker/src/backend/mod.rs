@@ -2,11 +2,14 @@
 //! upstream (vLLM) on loopback.
 
 pub mod builtin;
+pub mod readiness;
 pub mod supervisor;
 pub mod upstream;
 pub mod vllm_metrics;
 
 use std::sync::Arc;
+
+pub use readiness::Readiness;
 
 pub enum Backend {
     Builtin(builtin::Builtin),

@@ -15,7 +15,6 @@ pub use args::ServeArgs;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,7 +24,7 @@ use crate::api::validate::RequestLimits;
 use crate::audit::{AuditLevel, AuditLog, AuditSinks, FsyncPolicy};
 use crate::backend::supervisor::{self, UpstreamConfig};
 use crate::backend::upstream::Upstream;
-use crate::backend::{Backend, builtin::Builtin};
+use crate::backend::{Backend, Readiness, builtin::Builtin};
 use crate::termination::Failure;
 use args::{Engine, Fsync};
 use state::{AppState, unix_now};
@@ -87,6 +86,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
             base: upstream_base.trim_end_matches('/').to_owned(),
         })),
     };
+    let readiness = Readiness::new(metrics.ready.clone());
     let default_concurrency = if args.engine == Engine::Builtin { args.parallel } else { 256 };
     let state = Arc::new(AppState {
         served_model: args.served_model_name.clone(),
@@ -109,7 +109,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
         redact,
         metrics,
         trace_requests: telemetry.traces_enabled(),
-        ready: AtomicBool::new(false),
+        readiness,
     });
 
     let api = bind(args.listen).await?;
@@ -128,7 +128,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
         r = async { loading.await?; std::future::pending::<Result<(), Failure>>().await } => r,
         _ = keys_reload => Ok(()),
     };
-    state.set_ready(false);
+    state.readiness.set(false);
     state.audit.flush().await;
     result
 }
@@ -150,13 +150,14 @@ async fn load(state: Arc<AppState>, args: &ServeArgs, manifest: ModelManifest) -
     match &state.backend {
         Backend::Builtin(builtin) => {
             crate::backend::builtin::load(builtin, args, &manifest).await?;
-            state.set_ready(true);
+            state.readiness.set(true);
             tracing::info!("built-in engine loaded and warmed up; ready");
             Ok(())
         }
         Backend::Upstream(upstream) => {
             let command = args.upstream_url.is_none().then(|| upstream_command(args));
             let cfg = UpstreamConfig {
+                served_model: args.served_model_name.clone(),
                 command,
                 health_path: args.upstream_health_path.clone(),
                 metrics_path: Some(args.upstream_metrics_path.clone()).filter(|p| !p.is_empty()),
@@ -165,7 +166,7 @@ async fn load(state: Arc<AppState>, args: &ServeArgs, manifest: ModelManifest) -
                 max_waiting: args.upstream_max_waiting,
                 check_interval: Duration::from_millis(args.upstream_check_interval_ms.max(100)),
             };
-            supervisor::supervise(state.clone(), upstream.clone(), cfg)
+            supervisor::supervise(upstream.clone(), cfg, &state.readiness, &state.metrics.upstream_metrics())
                 .await
                 .map_err(|e| Failure::new("UpstreamFailed", e.to_string()))
         }

@@ -49,7 +49,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready() {
+    if state.readiness.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (
@@ -77,7 +77,7 @@ async fn admit(
     body: Body,
 ) -> Result<(RequestScope, Bytes), Response> {
     let mut scope = RequestScope::new(state.clone(), endpoint, headers);
-    if !state.is_ready() {
+    if !state.readiness.is_ready() {
         return Err(
             scope.fail(ApiError::unavailable("The model is not ready yet: it is being verified, loaded or warmed up."))
         );

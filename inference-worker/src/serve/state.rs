@@ -1,7 +1,6 @@
 //! Everything a request handler needs, shared behind an `Arc`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::admission::Admission;
@@ -9,7 +8,7 @@ use super::auth::Auth;
 use super::metrics::Metrics;
 use crate::api::validate::RequestLimits;
 use crate::audit::{AuditLevel, AuditLog};
-use crate::backend::Backend;
+use crate::backend::{Backend, Readiness};
 
 pub struct AppState {
     pub served_model: String,
@@ -30,20 +29,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether each request gets a trace span (only when OTLP trace export is configured).
     pub trace_requests: bool,
-    /// Set once the model is verified and the backend answered its warm-up; cleared when it fails.
-    pub ready: AtomicBool,
+    /// Whether requests are taken: set by loading (built-in) or the supervisor (vLLM).
+    pub readiness: Readiness,
 }
 
 impl AppState {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-        self.metrics.ready.set(i64::from(ready));
-    }
-
     pub fn now_unix(&self) -> u64 {
         unix_now()
     }
