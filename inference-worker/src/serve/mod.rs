@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod args;
 pub mod auth;
+pub mod builtin;
 pub mod metrics;
 pub mod router;
 pub mod scope;
@@ -22,9 +23,10 @@ use taimatsu_core::ModelManifest;
 
 use crate::api::validate::RequestLimits;
 use crate::audit::{AuditLevel, AuditLog, AuditSinks, FsyncPolicy};
+use crate::backend::builtin::{Builtin, BuiltinConfig};
 use crate::backend::supervisor::{self, UpstreamConfig};
 use crate::backend::upstream::Upstream;
-use crate::backend::{Backend, Readiness, builtin::Builtin};
+use crate::backend::{Backend, Readiness};
 use crate::termination::Failure;
 use args::{Engine, Fsync};
 use state::{AppState, unix_now};
@@ -149,7 +151,14 @@ async fn load(state: Arc<AppState>, args: &ServeArgs, manifest: ModelManifest) -
     tracing::info!(digest = %manifest.digest, files = manifest.files.len(), elapsed_ms = started.elapsed().as_millis() as u64, "model verified");
     match &state.backend {
         Backend::Builtin(builtin) => {
-            crate::backend::builtin::load(builtin, args, &manifest).await?;
+            let cfg = BuiltinConfig {
+                model_dir: args.model_dir.clone(),
+                threads: args.threads,
+                parallel: args.parallel,
+                context_len: args.context_len,
+                gguf_type: args.gguf_type.clone(),
+            };
+            builtin.load(&cfg, &manifest).await.map_err(|e| Failure::new("LoadFailed", e.to_string()))?;
             state.readiness.set(true);
             tracing::info!("built-in engine loaded and warmed up; ready");
             Ok(())

@@ -12,12 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 
+use super::builtin;
 use super::metrics::Endpoint;
 use super::scope::RequestScope;
 use super::state::AppState;
 use crate::api::ApiError;
+use crate::backend::Backend;
 use crate::backend::upstream::{self, Route};
-use crate::backend::{Backend, builtin};
 
 pub fn api(state: Arc<AppState>) -> Router {
     Router::new()
