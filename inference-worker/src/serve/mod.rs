@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod router;
 pub mod scope;
 pub mod state;
+pub mod upstream;
 
 pub use args::ServeArgs;
 
@@ -78,15 +79,9 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
     let upstream_base = args.upstream_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", args.upstream_port));
     let backend = match args.engine {
         Engine::Builtin => Backend::Builtin(Builtin::default()),
-        Engine::Vllm => Backend::Upstream(Arc::new(Upstream {
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(256)
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| Failure::new("InvalidConfig", e.to_string()))?,
-            base: upstream_base.trim_end_matches('/').to_owned(),
-        })),
+        Engine::Vllm => Backend::Upstream(Arc::new(
+            Upstream::new(&upstream_base).map_err(|e| Failure::new("InvalidConfig", e.to_string()))?,
+        )),
     };
     let readiness = Readiness::new(metrics.ready.clone());
     let default_concurrency = if args.engine == Engine::Builtin { args.parallel } else { 256 };

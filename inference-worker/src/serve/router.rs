@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 
-use super::builtin;
 use super::metrics::Endpoint;
 use super::scope::RequestScope;
 use super::state::AppState;
+use super::{builtin, upstream};
 use crate::api::ApiError;
 use crate::backend::Backend;
-use crate::backend::upstream::{self, Route};
+use crate::backend::upstream::Route;
 
 pub fn api(state: Arc<AppState>) -> Router {
     Router::new()
