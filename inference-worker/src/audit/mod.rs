@@ -1,8 +1,10 @@
 //! Request audit: one hash-chained record per request (the chain format and its verifier
 //! are `taimatsu_core::audit_chain`, shared with the operator and the kubectl plugin).
 
+pub mod level;
 pub mod record;
 pub mod writer;
 
+pub use level::AuditLevel;
 pub use record::{RequestRecord, redact};
-pub use writer::{AuditLog, AuditSinks, FailurePolicy, FsyncPolicy};
+pub use writer::{AuditCounters, AuditLog, AuditSinks, FailurePolicy, FsyncPolicy};

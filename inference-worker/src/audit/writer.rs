@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use taimatsu_core::audit_chain::ChainState;
 
 use super::record::RequestRecord;
 use crate::api::ApiError;
-use crate::serve::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -53,6 +53,16 @@ pub struct AuditSinks {
     pub otel_logs: bool,
     pub fsync: FsyncPolicy,
     pub failure: FailurePolicy,
+}
+
+/// The worker's audit metrics the writer counts into (handles to counters registered by
+/// the caller, so the writer needs no metrics registry of its own).
+#[derive(Clone, Debug)]
+pub struct AuditCounters {
+    /// Records written (`taimatsu_worker_audit_records_total`).
+    pub records: Counter,
+    /// Writes that failed (`taimatsu_worker_audit_write_failures_total`).
+    pub write_failures: Counter,
 }
 
 type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -92,7 +102,7 @@ impl AuditLog {
         }
     }
 
-    pub fn start(sinks: AuditSinks, metrics: Arc<Metrics>) -> Result<Self, AuditStartError> {
+    pub fn start(sinks: AuditSinks, counters: AuditCounters) -> Result<Self, AuditStartError> {
         let (file, chain, restarted_from) = match &sinks.file {
             Some(path) => {
                 let (file, chain, restarted) =
@@ -111,7 +121,7 @@ impl AuditLog {
             otel_logs: sinks.otel_logs,
             chain,
             fsync: sinks.fsync,
-            metrics,
+            counters,
             healthy: healthy.clone(),
         };
         if let Some(broken) = restarted_from {
@@ -226,7 +236,7 @@ struct Writer {
     otel_logs: bool,
     chain: ChainState,
     fsync: FsyncPolicy,
-    metrics: Arc<Metrics>,
+    counters: AuditCounters,
     healthy: Arc<AtomicBool>,
 }
 
@@ -277,7 +287,7 @@ impl Writer {
 
     fn fail(&self, why: &str) {
         tracing::error!(error = why, "request audit write failed");
-        self.metrics.audit_failures.inc();
+        self.counters.write_failures.inc();
         self.healthy.store(false, Ordering::Release);
     }
 
@@ -297,7 +307,7 @@ impl Writer {
         }
         match &result {
             Ok(()) => {
-                self.metrics.audit_records.inc_by(batch.iter().filter(|j| j.record.is_some()).count() as u64);
+                self.counters.records.inc_by(batch.iter().filter(|j| j.record.is_some()).count() as u64);
                 self.healthy.store(true, Ordering::Release);
             }
             Err(e) => {

@@ -1,370 +1,113 @@
-//! Requests answered by the built-in CPU engine (`taimatsu-cpu-engine`): chat and
-//! completions from a GGUF model, embeddings from a BERT-style model.
+//! The built-in CPU engine (`taimatsu-cpu-engine`), in-process: a GGUF text model for chat
+//! and completions, a BERT-style model for embeddings, or (rarely) both. This module
+//! loads and warms them up; `serve::builtin` answers requests with them.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use bytes::Bytes;
-use taimatsu_cpu_engine::{
-    ChatMessage, EmbeddingEngine, EngineError, FinishReason, Generation, GenerationEvent, TextEngine,
-};
+use taimatsu_core::ModelManifest;
+use taimatsu_cpu_engine::{EmbeddingEngine, EngineError, GenerationEvent, TextEngine};
 
-use crate::api::response::{self, Kind, Meta};
-use crate::api::types::{self, CompletionRequest, EmbeddingInput, EmbeddingRequest, Prompt};
-use crate::api::{ApiError, parse::json_body, sse, validate};
-use crate::serve::scope::RequestScope;
-use crate::serve::state::AppState;
-
-/// The loaded models: a GGUF text model, a BERT-style embedding model, or (rarely) both.
-/// Filled once loading finishes; requests are refused (not ready) until then.
+/// The loaded models. Filled once loading finishes; requests are refused (not ready) until then.
 #[derive(Default)]
 pub struct Builtin {
-    pub text: OnceLock<Arc<TextEngine>>,
-    pub embed: OnceLock<Arc<EmbeddingEngine>>,
+    text: OnceLock<Arc<TextEngine>>,
+    embed: OnceLock<Arc<EmbeddingEngine>>,
 }
 
-const MAX_EMBEDDING_INPUTS: usize = 256;
+impl Builtin {
+    /// The text-generation model, if this deployment serves one.
+    pub fn text(&self) -> Option<&Arc<TextEngine>> {
+        self.text.get()
+    }
 
-fn finish_str(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
+    /// The embedding model, if this deployment serves one.
+    pub fn embeddings(&self) -> Option<&Arc<EmbeddingEngine>> {
+        self.embed.get()
     }
 }
 
-fn engine_error(err: EngineError) -> ApiError {
-    match err {
-        EngineError::PromptTooLong { .. } => ApiError::invalid("messages", err.to_string()),
-        EngineError::Template(_) => ApiError::invalid("messages", err.to_string()),
-        EngineError::InvalidRequest(_) => ApiError::malformed(err.to_string()),
-        EngineError::Inference(_) => ApiError::internal(err.to_string()),
-        other => ApiError::unavailable(format!("The engine cannot take the request: {other}")),
-    }
+/// How the models are loaded (the built-in engine's `serve` flags).
+#[derive(Clone, Debug)]
+pub struct BuiltinConfig {
+    /// The verified model files.
+    pub model_dir: PathBuf,
+    /// CPU threads.
+    pub threads: usize,
+    /// Sequences decoded together.
+    pub parallel: usize,
+    /// Context per sequence (0 = the model's).
+    pub context_len: u32,
+    /// The GGUF quantization the deployment declares, logged as the model loads.
+    pub gguf_type: Option<String>,
 }
 
-fn text_engine(builtin: &Builtin) -> Result<&Arc<TextEngine>, ApiError> {
-    builtin
-        .text
-        .get()
-        .ok_or_else(|| ApiError::invalid("model", "This deployment serves an embedding model: use /v1/embeddings."))
-}
+/// Why the model could not be loaded or warmed up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(String);
 
-pub async fn chat(builtin: &Builtin, mut scope: RequestScope, body: Bytes) -> Response {
-    let state = scope.state().clone();
-    let prepared = (|| {
-        let (messages, generation) = validate::chat(&body, &state.served_model, &state.limits)?;
-        let engine = text_engine(builtin)?.clone();
-        let audit_text = types::audit_text(&messages);
-        let messages: Vec<ChatMessage> = messages
-            .into_iter()
-            .map(|m| ChatMessage { role: m.role, content: m.content.map(|c| c.text()).unwrap_or_default() })
-            .collect();
-        let prompt = engine.apply_chat_template(&messages).map_err(engine_error)?;
-        Ok::<_, ApiError>((engine, audit_text, prompt, generation))
-    })();
-    let (engine, audit_text, prompt, generation) = match prepared {
-        Ok(p) => p,
-        Err(e) => return scope.fail(e),
-    };
-    scope.set_prompt(&audit_text);
-    run(scope, &state, &engine, Kind::Chat, prompt, generation).await
-}
-
-pub async fn completions(builtin: &Builtin, mut scope: RequestScope, body: Bytes) -> Response {
-    let state = scope.state().clone();
-    let prepared = (|| {
-        let req: CompletionRequest = json_body(&body)?;
-        validate::model(&req.model, &state.served_model)?;
-        let prompt = match req.prompt {
-            Prompt::One(p) => p,
-            Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
-            Prompt::Many(v) => {
-                return Err(ApiError::invalid(
-                    "prompt",
-                    format!("`prompt` has {} prompts: send one per request", v.len()),
-                ));
-            }
-        };
-        let generation = validate::sampling(json_body(&body)?, &state.limits)?;
-        Ok::<_, ApiError>((text_engine(builtin)?.clone(), prompt, generation))
-    })();
-    let (engine, prompt, generation) = match prepared {
-        Ok(p) => p,
-        Err(e) => return scope.fail(e),
-    };
-    scope.set_prompt(&prompt);
-    run(scope, &state, &engine, Kind::Completion, prompt, generation).await
-}
-
-async fn run(
-    mut scope: RequestScope,
-    state: &Arc<AppState>,
-    engine: &TextEngine,
-    kind: Kind,
-    prompt: String,
-    g: validate::Generation,
-) -> Response {
-    match state.admission.admit().await {
-        Ok(permit) => scope.hold(permit),
-        Err(e) => return scope.fail(e),
-    }
-    let request = taimatsu_cpu_engine::GenerateRequest {
-        prompt,
-        max_tokens: g.max_tokens,
-        temperature: g.temperature,
-        top_p: g.top_p,
-        seed: g.seed,
-        stop: g.stop,
-    };
-    let generation = match engine.generate(request) {
-        Ok(generation) => generation,
-        Err(e) => return scope.fail(engine_error(e)),
-    };
-    if g.stream { stream(scope, generation, kind, g.include_usage) } else { collect(scope, generation, kind).await }
-}
-
-/// Non-streaming: gathers the whole answer within the request timeout.
-async fn collect(mut scope: RequestScope, generation: Generation, kind: Kind) -> Response {
-    let state = scope.state().clone();
-    let Generation { prompt_tokens, mut events } = generation;
-    let mut text = String::new();
-    let outcome = tokio::time::timeout(state.request_timeout, async {
-        while let Some(event) = events.recv().await {
-            match event {
-                GenerationEvent::Text(t) => text.push_str(&t),
-                GenerationEvent::Finished { reason, completion_tokens } => return Ok((reason, completion_tokens)),
-                GenerationEvent::Failed(e) => return Err(e),
-            }
-        }
-        Err("the engine stopped before finishing".to_owned())
-    })
-    .await;
-    // Dropping the receiver here cancels a generation cut short by the timeout.
-    drop(events);
-    let (reason, completion_tokens) = match outcome {
-        Err(_) => return scope.fail(ApiError::timeout(state.request_timeout.as_secs())),
-        Ok(Err(e)) => return scope.fail(ApiError::internal(format!("Generation failed: {e}"))),
-        Ok(Ok(done)) => done,
-    };
-    scope.push_response(&text);
-    scope.set_usage(prompt_tokens, completion_tokens);
-    scope.set_finish_reason(finish_str(reason));
-    let meta = Meta {
-        id: scope.request_id(),
-        created: state.now_unix(),
-        model: &state.served_model,
-        fingerprint: &state.model_digest,
-    };
-    let body =
-        response::full(kind, &meta, &text, finish_str(reason), response::usage(prompt_tokens, completion_tokens));
-    match scope.complete(200).await {
-        Ok(()) => axum::Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Streaming: one SSE chunk per piece of text. If the client disconnects, axum drops this
-/// stream, which drops the engine's receiver and cancels the generation.
-fn stream(scope: RequestScope, generation: Generation, kind: Kind, include_usage: bool) -> Response {
-    let body = async_stream::stream! {
-        let mut scope = scope;
-        let state = scope.state().clone();
-        let request_id = scope.request_id().to_owned();
-        let meta = Meta { id: &request_id, created: state.now_unix(), model: &state.served_model, fingerprint: &state.model_digest };
-        let Generation { prompt_tokens, mut events } = generation;
-        let deadline = tokio::time::Instant::now() + state.request_timeout;
-        if kind == Kind::Chat {
-            yield Ok(sse::event(&response::chunk(kind, &meta, Some(""), true, None)));
-        }
-        loop {
-            let event = match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(event)) => event,
-                Ok(None) => GenerationEvent::Failed("the engine stopped before finishing".into()),
-                Err(_) => {
-                    let e = ApiError::timeout(state.request_timeout.as_secs());
-                    scope.set_status(e.status.as_u16());
-                    yield Ok(sse::event(&e.body()));
-                    break;
+impl Builtin {
+    /// Loads the model the manifest describes — a `.gguf` for text, a BERT-style
+    /// safetensors directory for embeddings — and warms it up with one tiny request.
+    pub async fn load(&self, cfg: &BuiltinConfig, manifest: &ModelManifest) -> Result<(), LoadError> {
+        let failed = LoadError;
+        match manifest.format.as_str() {
+            "gguf" => {
+                let file = manifest
+                    .files
+                    .iter()
+                    .find(|f| f.path.ends_with(".gguf"))
+                    .ok_or_else(|| failed("the manifest of a gguf model lists no .gguf file".into()))?;
+                let config = taimatsu_cpu_engine::EngineConfig {
+                    model_path: cfg.model_dir.join(&file.path),
+                    threads: cfg.threads.max(1),
+                    parallel: cfg.parallel.max(1),
+                    context_len: cfg.context_len,
+                };
+                if let Some(declared) = &cfg.gguf_type {
+                    tracing::info!(gguf_type = %declared, file = %file.path, "loading GGUF model");
                 }
-            };
-            match event {
-                GenerationEvent::Text(t) => {
-                    scope.push_response(&t);
-                    yield Ok(sse::event(&response::chunk(kind, &meta, Some(&t), false, None)));
-                }
-                GenerationEvent::Finished { reason, completion_tokens } => {
-                    scope.set_usage(prompt_tokens, completion_tokens);
-                    scope.set_finish_reason(finish_str(reason));
-                    yield Ok(sse::event(&response::chunk(kind, &meta, None, false, Some(finish_str(reason)))));
-                    if include_usage {
-                        let usage = response::usage(prompt_tokens, completion_tokens);
-                        yield Ok(sse::event(&response::usage_chunk(kind, &meta, usage)));
+                let engine = tokio::task::spawn_blocking(move || TextEngine::load(config))
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|e| failed(e.to_string()))?;
+                let warm = taimatsu_cpu_engine::GenerateRequest {
+                    prompt: "Hello".into(),
+                    max_tokens: 1,
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    seed: Some(0),
+                    stop: vec![],
+                };
+                let mut generation = engine.generate(warm).map_err(|e| failed(format!("warm-up: {e}")))?;
+                loop {
+                    match generation.events.recv().await {
+                        Some(GenerationEvent::Finished { .. }) => break,
+                        Some(GenerationEvent::Text(_)) => {}
+                        Some(GenerationEvent::Failed(e)) => return Err(failed(format!("warm-up: {e}"))),
+                        None => return Err(failed("warm-up: the engine stopped".into())),
                     }
-                    match scope.complete(200).await {
-                        Ok(()) => yield Ok(sse::done()),
-                        Err(e) => yield Ok(sse::event(&e.body())),
-                    }
-                    return;
                 }
-                GenerationEvent::Failed(e) => {
-                    let e = ApiError::internal(format!("Generation failed: {e}"));
-                    scope.set_status(e.status.as_u16());
-                    yield Ok(sse::event(&e.body()));
-                    break;
-                }
+                let _ = self.text.set(Arc::new(engine));
             }
-        }
-    };
-    sse::response(body)
-}
-
-pub async fn embeddings(builtin: &Builtin, mut scope: RequestScope, body: Bytes) -> Response {
-    let state = scope.state().clone();
-    let prepared = (|| {
-        let req: EmbeddingRequest = json_body(&body)?;
-        validate::model(&req.model, &state.served_model)?;
-        let engine = builtin.embed.get().cloned().ok_or_else(|| {
-            ApiError::invalid("model", "This deployment serves a text-generation model: it has no embeddings.")
-        })?;
-        let inputs = match req.input {
-            EmbeddingInput::One(s) => vec![s],
-            EmbeddingInput::Many(v) => v,
-        };
-        if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
-            return Err(ApiError::invalid(
-                "input",
-                format!("`input` has {} items: send 1 to {MAX_EMBEDDING_INPUTS}", inputs.len()),
-            ));
-        }
-        if let Some(i) = inputs.iter().position(String::is_empty) {
-            return Err(ApiError::invalid(format!("input[{i}]"), "`input` items must not be empty strings"));
-        }
-        let base64 = match req.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "encoding_format",
-                    format!("`encoding_format` is {other:?}: use \"float\" or \"base64\""),
-                ));
-            }
-        };
-        if let Some(d) = req.dimensions
-            && d as usize != engine.dimensions()
-        {
-            return Err(ApiError::invalid(
-                "dimensions",
-                format!("`dimensions` is {d} but this model's embeddings have {}: omit it", engine.dimensions()),
-            ));
-        }
-        Ok::<_, ApiError>((engine, inputs, base64))
-    })();
-    let (engine, inputs, base64) = match prepared {
-        Ok(p) => p,
-        Err(e) => return scope.fail(e),
-    };
-    scope.set_prompt(&inputs.join("\n"));
-    match state.admission.admit().await {
-        Ok(permit) => scope.hold(permit),
-        Err(e) => return scope.fail(e),
-    }
-    let work = tokio::task::spawn_blocking(move || engine.embed(&inputs));
-    let embeddings = match tokio::time::timeout(state.request_timeout, work).await {
-        Err(_) => return scope.fail(ApiError::timeout(state.request_timeout.as_secs())),
-        Ok(Err(join)) => return scope.fail(ApiError::internal(format!("The embedding task failed: {join}"))),
-        Ok(Ok(Err(e))) => return scope.fail(engine_error(e)),
-        Ok(Ok(Ok(e))) => e,
-    };
-    let data: Vec<serde_json::Value> = embeddings
-        .vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                serde_json::json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                serde_json::json!(v)
-            };
-            serde_json::json!({ "object": "embedding", "index": i, "embedding": embedding })
-        })
-        .collect();
-    scope.set_usage(embeddings.prompt_tokens, 0);
-    let body = serde_json::json!({
-        "object": "list",
-        "data": data,
-        "model": state.served_model,
-        "usage": { "prompt_tokens": embeddings.prompt_tokens, "total_tokens": embeddings.prompt_tokens },
-    });
-    match scope.complete(200).await {
-        Ok(()) => axum::Json(body).into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Loads the model the manifest describes — a `.gguf` for text, a BERT-style
-/// safetensors directory for embeddings — and warms it up with one tiny request.
-pub async fn load(
-    builtin: &Builtin,
-    args: &crate::cli::ServeArgs,
-    manifest: &taimatsu_core::ModelManifest,
-) -> Result<(), crate::termination::Failure> {
-    use crate::termination::Failure;
-    let failed = |e: String| Failure::new("LoadFailed", e);
-    match manifest.format.as_str() {
-        "gguf" => {
-            let file = manifest
-                .files
-                .iter()
-                .find(|f| f.path.ends_with(".gguf"))
-                .ok_or_else(|| failed("the manifest of a gguf model lists no .gguf file".into()))?;
-            let config = taimatsu_cpu_engine::EngineConfig {
-                model_path: args.model_dir.join(&file.path),
-                threads: args.threads.max(1),
-                parallel: args.parallel.max(1),
-                context_len: args.context_len,
-            };
-            if let Some(declared) = &args.gguf_type {
-                tracing::info!(gguf_type = %declared, file = %file.path, "loading GGUF model");
-            }
-            let engine = tokio::task::spawn_blocking(move || TextEngine::load(config))
+            "safetensors" => {
+                let dir = cfg.model_dir.clone();
+                let threads = cfg.threads.max(1);
+                let engine = tokio::task::spawn_blocking(move || {
+                    let engine = EmbeddingEngine::load(&dir, threads)?;
+                    engine.embed(&["warm up".to_owned()])?;
+                    Ok::<_, EngineError>(engine)
+                })
                 .await
                 .map_err(|e| failed(e.to_string()))?
                 .map_err(|e| failed(e.to_string()))?;
-            let warm = taimatsu_cpu_engine::GenerateRequest {
-                prompt: "Hello".into(),
-                max_tokens: 1,
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: Some(0),
-                stop: vec![],
-            };
-            let mut generation = engine.generate(warm).map_err(|e| failed(format!("warm-up: {e}")))?;
-            loop {
-                match generation.events.recv().await {
-                    Some(GenerationEvent::Finished { .. }) => break,
-                    Some(GenerationEvent::Text(_)) => {}
-                    Some(GenerationEvent::Failed(e)) => return Err(failed(format!("warm-up: {e}"))),
-                    None => return Err(failed("warm-up: the engine stopped".into())),
-                }
+                let _ = self.embed.set(Arc::new(engine));
             }
-            let _ = builtin.text.set(Arc::new(engine));
+            other => {
+                return Err(failed(format!("the built-in engine serves gguf and safetensors models, not {other:?}")));
+            }
         }
-        "safetensors" => {
-            let dir = args.model_dir.clone();
-            let threads = args.threads.max(1);
-            let engine = tokio::task::spawn_blocking(move || {
-                let engine = EmbeddingEngine::load(&dir, threads)?;
-                engine.embed(&["warm up".to_owned()])?;
-                Ok::<_, EngineError>(engine)
-            })
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(e.to_string()))?;
-            let _ = builtin.embed.set(Arc::new(engine));
-        }
-        other => return Err(failed(format!("the built-in engine serves gguf and safetensors models, not {other:?}"))),
+        Ok(())
     }
-    Ok(())
 }

@@ -6,18 +6,23 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::process::{Child, Command};
 
+use super::readiness::Readiness;
 use super::upstream::Upstream;
 use super::vllm_metrics;
-use crate::serve::state::AppState;
 
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
+    /// The model name the warm-up request asks for (`--served-model-name`).
+    pub served_model: String,
     /// Program and arguments; `None` when the upstream runs on its own (`--upstream-url`).
     pub command: Option<Vec<String>>,
     pub health_path: String,
@@ -30,6 +35,19 @@ pub struct UpstreamConfig {
     pub check_interval: Duration,
 }
 
+/// The worker's metrics of the model server, shared with its registry: what the
+/// supervisor updates besides readiness.
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    /// 1 while the model server answers its health check.
+    pub up: Gauge,
+    pub restarts: Counter,
+    /// Its load, as its own metrics report it.
+    pub running: Gauge<f64, AtomicU64>,
+    pub waiting: Gauge<f64, AtomicU64>,
+    pub kv_cache_usage: Gauge<f64, AtomicU64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("the model server failed {0} times in a row; giving up so the container restarts")]
@@ -38,10 +56,13 @@ pub enum SupervisorError {
     Spawn { program: String, source: std::io::Error },
 }
 
+/// Runs until the model server failed more than `max_restarts` times in a row; readiness
+/// follows the model server's health meanwhile.
 pub async fn supervise(
-    state: Arc<AppState>,
     upstream: Arc<Upstream>,
     cfg: UpstreamConfig,
+    readiness: &Readiness,
+    metrics: &UpstreamMetrics,
 ) -> Result<(), SupervisorError> {
     let mut failures = 0u32;
     loop {
@@ -49,16 +70,17 @@ pub async fn supervise(
             Some(cmd) => Some(spawn(cmd)?),
             None => None,
         };
-        let healthy = wait_healthy(&upstream, &cfg, child.as_mut()).await && warm_up(&state, &upstream).await;
+        let healthy =
+            wait_healthy(&upstream, &cfg, child.as_mut()).await && warm_up(&cfg.served_model, &upstream).await;
         if healthy {
             tracing::info!(upstream = %upstream.base, "model server is healthy and warmed up; ready");
-            state.set_ready(true);
-            state.metrics.upstream_up.set(1);
+            readiness.set(true);
+            metrics.up.set(1);
             failures = 0;
-            monitor(&state, &upstream, &cfg, child.as_mut()).await;
+            monitor(readiness, metrics, &upstream, &cfg, child.as_mut()).await;
         }
-        state.set_ready(false);
-        state.metrics.upstream_up.set(0);
+        readiness.set(false);
+        metrics.up.set(0);
         if let Some(child) = child.as_mut() {
             stop(child).await;
         }
@@ -66,7 +88,7 @@ pub async fn supervise(
         if failures > cfg.max_restarts {
             return Err(SupervisorError::TooManyRestarts(failures));
         }
-        state.metrics.upstream_restarts.inc();
+        metrics.restarts.inc();
         let backoff = Duration::from_secs(1u64 << failures.min(5));
         tracing::warn!(attempt = failures, backoff_s = backoff.as_secs(), "restarting the model server");
         tokio::time::sleep(backoff).await;
@@ -131,8 +153,8 @@ async fn wait_healthy(upstream: &Upstream, cfg: &UpstreamConfig, mut child: Opti
 
 /// One tiny completion, so the first user request does not pay for lazy initialisation,
 /// and readiness means the model really answers.
-async fn warm_up(state: &AppState, upstream: &Upstream) -> bool {
-    let body = serde_json::json!({ "model": state.served_model, "prompt": "Hello", "max_tokens": 1 });
+async fn warm_up(served_model: &str, upstream: &Upstream) -> bool {
+    let body = serde_json::json!({ "model": served_model, "prompt": "Hello", "max_tokens": 1 });
     let request =
         upstream.client.post(format!("{}/v1/completions", upstream.base)).json(&body).timeout(Duration::from_secs(300));
     match request.send().await {
@@ -148,7 +170,13 @@ async fn warm_up(state: &AppState, upstream: &Upstream) -> bool {
     }
 }
 
-async fn monitor(state: &AppState, upstream: &Upstream, cfg: &UpstreamConfig, mut child: Option<&mut Child>) {
+async fn monitor(
+    readiness: &Readiness,
+    metrics: &UpstreamMetrics,
+    upstream: &Upstream,
+    cfg: &UpstreamConfig,
+    mut child: Option<&mut Child>,
+) {
     let mut misses = 0;
     let mut ticker = tokio::time::interval(cfg.check_interval);
     loop {
@@ -177,28 +205,35 @@ async fn monitor(state: &AppState, upstream: &Upstream, cfg: &UpstreamConfig, mu
             continue;
         }
         if let Some(path) = &cfg.metrics_path {
-            fold_load(state, upstream, path, cfg.max_waiting).await;
+            fold_load(readiness, metrics, upstream, path, cfg.max_waiting).await;
         }
     }
 }
 
-async fn fold_load(state: &AppState, upstream: &Upstream, path: &str, max_waiting: Option<f64>) {
+/// Copies the model server's load into the worker's metrics, and withdraws readiness while
+/// more requests wait than `max_waiting` (given back below half of it).
+async fn fold_load(
+    readiness: &Readiness,
+    metrics: &UpstreamMetrics,
+    upstream: &Upstream,
+    path: &str,
+    max_waiting: Option<f64>,
+) {
     let request = upstream.client.get(format!("{}{path}", upstream.base)).timeout(Duration::from_secs(5));
     let Ok(response) = request.send().await else { return };
     let Ok(text) = response.text().await else { return };
     let load = vllm_metrics::parse(&text);
-    let m = &state.metrics;
-    m.upstream_running.set(load.running);
-    m.upstream_waiting.set(load.waiting);
+    metrics.running.set(load.running);
+    metrics.waiting.set(load.waiting);
     if let Some(kv) = load.kv_cache_usage {
-        m.upstream_kv_cache_usage.set(kv);
+        metrics.kv_cache_usage.set(kv);
     }
     if let Some(limit) = max_waiting {
-        if state.is_ready() && load.waiting > limit {
+        if readiness.is_ready() && load.waiting > limit {
             tracing::warn!(waiting = load.waiting, limit, "model server saturated: withdrawing readiness");
-            state.set_ready(false);
-        } else if !state.is_ready() && load.waiting <= limit / 2.0 {
-            state.set_ready(true);
+            readiness.set(false);
+        } else if !readiness.is_ready() && load.waiting <= limit / 2.0 {
+            readiness.set(true);
         }
     }
 }

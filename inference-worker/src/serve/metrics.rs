@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::audit::AuditCounters;
+use crate::backend::supervisor::UpstreamMetrics;
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
@@ -169,6 +172,22 @@ impl Metrics {
             m.upstream_kv_cache_usage.clone(),
         );
         Self { registry, ..m }
+    }
+
+    /// The audit writer's counters, shared with this registry.
+    pub fn audit_counters(&self) -> AuditCounters {
+        AuditCounters { records: self.audit_records.clone(), write_failures: self.audit_failures.clone() }
+    }
+
+    /// The supervisor's metrics of the model server, shared with this registry.
+    pub fn upstream_metrics(&self) -> UpstreamMetrics {
+        UpstreamMetrics {
+            up: self.upstream_up.clone(),
+            restarts: self.upstream_restarts.clone(),
+            running: self.upstream_running.clone(),
+            waiting: self.upstream_waiting.clone(),
+            kv_cache_usage: self.upstream_kv_cache_usage.clone(),
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -4,28 +4,33 @@
 //! exits with the reason in its termination message.
 
 pub mod admission;
+pub mod args;
 pub mod auth;
+pub mod builtin;
 pub mod metrics;
 pub mod router;
 pub mod scope;
 pub mod state;
+pub mod upstream;
+
+pub use args::ServeArgs;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
 use taimatsu_core::ModelManifest;
 
 use crate::api::validate::RequestLimits;
-use crate::audit::{AuditLog, AuditSinks, FsyncPolicy};
+use crate::audit::{AuditLevel, AuditLog, AuditSinks, FsyncPolicy};
+use crate::backend::builtin::{Builtin, BuiltinConfig};
 use crate::backend::supervisor::{self, UpstreamConfig};
 use crate::backend::upstream::Upstream;
-use crate::backend::{Backend, builtin::Builtin};
-use crate::cli::{Engine, Fsync, ServeArgs};
+use crate::backend::{Backend, Readiness};
 use crate::termination::Failure;
-use state::{AppState, AuditLevel, unix_now};
+use args::{Engine, Fsync};
+use state::{AppState, unix_now};
 
 /// `telemetry`: which OpenTelemetry signals are exported (request spans, audit log records).
 pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> Result<(), Failure> {
@@ -69,21 +74,16 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
             fsync,
             failure: args.audit_failure,
         };
-        AuditLog::start(sinks, metrics.clone()).map_err(|e| Failure::new("AuditUnavailable", e.to_string()))?
+        AuditLog::start(sinks, metrics.audit_counters()).map_err(|e| Failure::new("AuditUnavailable", e.to_string()))?
     };
     let upstream_base = args.upstream_url.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", args.upstream_port));
     let backend = match args.engine {
         Engine::Builtin => Backend::Builtin(Builtin::default()),
-        Engine::Vllm => Backend::Upstream(Arc::new(Upstream {
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(256)
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| Failure::new("InvalidConfig", e.to_string()))?,
-            base: upstream_base.trim_end_matches('/').to_owned(),
-        })),
+        Engine::Vllm => Backend::Upstream(Arc::new(
+            Upstream::new(&upstream_base).map_err(|e| Failure::new("InvalidConfig", e.to_string()))?,
+        )),
     };
+    let readiness = Readiness::new(metrics.ready.clone());
     let default_concurrency = if args.engine == Engine::Builtin { args.parallel } else { 256 };
     let state = Arc::new(AppState {
         served_model: args.served_model_name.clone(),
@@ -106,7 +106,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
         redact,
         metrics,
         trace_requests: telemetry.traces_enabled(),
-        ready: AtomicBool::new(false),
+        readiness,
     });
 
     let api = bind(args.listen).await?;
@@ -125,7 +125,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
         r = async { loading.await?; std::future::pending::<Result<(), Failure>>().await } => r,
         _ = keys_reload => Ok(()),
     };
-    state.set_ready(false);
+    state.readiness.set(false);
     state.audit.flush().await;
     result
 }
@@ -146,14 +146,22 @@ async fn load(state: Arc<AppState>, args: &ServeArgs, manifest: ModelManifest) -
     tracing::info!(digest = %manifest.digest, files = manifest.files.len(), elapsed_ms = started.elapsed().as_millis() as u64, "model verified");
     match &state.backend {
         Backend::Builtin(builtin) => {
-            crate::backend::builtin::load(builtin, args, &manifest).await?;
-            state.set_ready(true);
+            let cfg = BuiltinConfig {
+                model_dir: args.model_dir.clone(),
+                threads: args.threads,
+                parallel: args.parallel,
+                context_len: args.context_len,
+                gguf_type: args.gguf_type.clone(),
+            };
+            builtin.load(&cfg, &manifest).await.map_err(|e| Failure::new("LoadFailed", e.to_string()))?;
+            state.readiness.set(true);
             tracing::info!("built-in engine loaded and warmed up; ready");
             Ok(())
         }
         Backend::Upstream(upstream) => {
             let command = args.upstream_url.is_none().then(|| upstream_command(args));
             let cfg = UpstreamConfig {
+                served_model: args.served_model_name.clone(),
                 command,
                 health_path: args.upstream_health_path.clone(),
                 metrics_path: Some(args.upstream_metrics_path.clone()).filter(|p| !p.is_empty()),
@@ -162,7 +170,7 @@ async fn load(state: Arc<AppState>, args: &ServeArgs, manifest: ModelManifest) -
                 max_waiting: args.upstream_max_waiting,
                 check_interval: Duration::from_millis(args.upstream_check_interval_ms.max(100)),
             };
-            supervisor::supervise(state.clone(), upstream.clone(), cfg)
+            supervisor::supervise(upstream.clone(), cfg, &state.readiness, &state.metrics.upstream_metrics())
                 .await
                 .map_err(|e| Failure::new("UpstreamFailed", e.to_string()))
         }

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use super::metrics::Endpoint;
 use super::scope::RequestScope;
 use super::state::AppState;
+use super::{builtin, upstream};
 use crate::api::ApiError;
-use crate::backend::upstream::{self, Route};
-use crate::backend::{Backend, builtin};
+use crate::backend::Backend;
+use crate::backend::upstream::Route;
 
 pub fn api(state: Arc<AppState>) -> Router {
     Router::new()
@@ -49,7 +50,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready() {
+    if state.readiness.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (
@@ -77,7 +78,7 @@ async fn admit(
     body: Body,
 ) -> Result<(RequestScope, Bytes), Response> {
     let mut scope = RequestScope::new(state.clone(), endpoint, headers);
-    if !state.is_ready() {
+    if !state.readiness.is_ready() {
         return Err(
             scope.fail(ApiError::unavailable("The model is not ready yet: it is being verified, loaded or warmed up."))
         );

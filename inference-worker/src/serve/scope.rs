@@ -9,9 +9,9 @@ use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
 use super::metrics::{Endpoint, EndpointLabels, RequestLabels, StatusClass};
-use super::state::{AppState, AuditLevel};
+use super::state::AppState;
 use crate::api::ApiError;
-use crate::audit::{RequestRecord, redact};
+use crate::audit::{AuditLevel, RequestRecord, redact};
 
 /// Status recorded when the client disconnected before the response ended (nginx's 499).
 pub const CLIENT_CLOSED: u16 = 499;

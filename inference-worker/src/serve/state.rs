@@ -1,26 +1,14 @@
 //! Everything a request handler needs, shared behind an `Arc`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::admission::Admission;
 use super::auth::Auth;
 use super::metrics::Metrics;
 use crate::api::validate::RequestLimits;
-use crate::audit::AuditLog;
-use crate::backend::Backend;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditLevel {
-    /// No request records.
-    None,
-    /// Who, what, when, token counts, status, and SHA-256 of prompt and response.
-    Metadata,
-    /// Metadata plus the prompt and response text, after redaction.
-    Full,
-}
+use crate::audit::{AuditLevel, AuditLog};
+use crate::backend::{Backend, Readiness};
 
 pub struct AppState {
     pub served_model: String,
@@ -41,20 +29,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether each request gets a trace span (only when OTLP trace export is configured).
     pub trace_requests: bool,
-    /// Set once the model is verified and the backend answered its warm-up; cleared when it fails.
-    pub ready: AtomicBool,
+    /// Whether requests are taken: set by loading (built-in) or the supervisor (vLLM).
+    pub readiness: Readiness,
 }
 
 impl AppState {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-        self.metrics.ready.set(i64::from(ready));
-    }
-
     pub fn now_unix(&self) -> u64 {
         unix_now()
     }
