@@ -5,10 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Worker, WorkerSpec, smollm2_dir};
 use serde_json::{Value, json};
+use taimatsu_tests::wait::poll_blocking;
 
 fn start(audit_log: &Path, extra: &[&str]) -> Worker {
     let mut args = vec![format!("--audit-log={}", audit_log.display()), "--parallel=2".to_owned()];
@@ -80,11 +81,10 @@ fn sigkill_under_fsync_interval_loses_only_records_not_yet_written() {
     }
     // Records are written (write(2)) as soon as the writer takes them, fsync or not; the
     // kernel keeps them across a process kill. The metric says when the writer has them.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while w.metric("taimatsu_worker_audit_records_total").unwrap_or(0.0) < 4.0 {
-        assert!(Instant::now() < deadline, "audit writer did not catch up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let caught_up = || (w.metric("taimatsu_worker_audit_records_total").unwrap_or(0.0) >= 4.0).then_some(());
+    poll_blocking(Duration::from_secs(5), Duration::from_millis(20), caught_up, || {
+        "audit writer did not catch up".into()
+    });
     sigkill(&mut w);
     assert_eq!(records(&log).0, 4);
 }

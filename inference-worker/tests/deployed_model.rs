@@ -259,7 +259,7 @@ async fn simulated_pods_are_never_probed(client: kube::Client, ns: String) {
         "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "metadata": { "name": "simulated-chat" },
         "spec": { "modelRef": { "name": "simulated-qwen" }, "quantization": "bf16", "engine": { "type": "vllm" },
                   "placement": { "acceleratorProfileRef": { "name": "h100-80gb" } },
-                  "rollout": { "analysis": { "windowSeconds": 5, "smokePrompts": ["Say hello."] } } },
+                  "rollout": { "analysis": { "windowSeconds": 10, "smokePrompts": ["Say hello."] } } },
     });
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
     mds.patch("simulated-chat", &params, &Patch::Apply(md)).await.unwrap();

@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{SMOLLM2_FILE, Worker, WorkerSpec, python, run_python, smollm2_dir};
 use serde_json::json;
+use taimatsu_tests::wait::poll_blocking;
 
 fn start(audit_log: &std::path::Path, upstream_port: u16) -> Worker {
     let command = format!(
@@ -42,11 +43,7 @@ fn upstream_pid(w: &Worker) -> u32 {
 }
 
 fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_blocking(timeout, Duration::from_millis(100), || check().then_some(()), || format!("waiting for {what}"));
 }
 
 #[test]
@@ -141,4 +138,29 @@ fn a_restart_stops_the_whole_model_server_process_group() {
     let first = first.unwrap();
     // Stopped with its group at the first restart: SIGTERM reaches the helper at once.
     wait_until("the first server's helper to be stopped with it", Duration::from_secs(8), || exited(first));
+}
+
+#[test]
+fn a_killed_worker_takes_its_model_server_with_it() {
+    // The worker is SIGKILLed (the OOM killer, say): it runs no code on the way out, so the
+    // kernel must stop the model server, or it lives on, orphaned, holding its port.
+    let mut w = Worker::start(WorkerSpec::smollm2(
+        "vllm",
+        vec![
+            "--upstream-command=/bin/sleep 120".into(),
+            format!("--upstream-port={}", common::free_port()),
+            "--upstream-startup-timeout-secs=600".into(),
+        ],
+    ));
+    let mut server = None;
+    wait_until("the worker to start its model server", Duration::from_secs(60), || {
+        server = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id()))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()));
+        server.is_some()
+    });
+    let server = server.unwrap();
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    wait_until("the model server to die with its worker", Duration::from_secs(1), || exited(server));
 }

@@ -3,7 +3,7 @@
 //! export request body, so a test can wait for the span or log record it expects.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
@@ -60,21 +60,15 @@ impl OtlpReceiver {
     /// Waits (polling, up to `timeout`) for an export of `signal` ("traces" or "logs") whose
     /// JSON contains every one of `needles`; panics with what arrived otherwise.
     pub fn wait_for(&self, signal: &str, needles: &[&str], timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.received.lock().unwrap_or_else(|p| p.into_inner()).iter().find_map(|(s, v)| {
+        let received = || self.received.lock().unwrap_or_else(|p| p.into_inner());
+        let found = || {
+            received().iter().find_map(|(s, v)| {
                 let text = v.to_string();
                 (s == signal && needles.iter().all(|n| text.contains(n))).then_some(text)
-            });
-            if let Some(text) = found {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no OTLP {signal} export containing {needles:?}; received {:?}",
-                self.received.lock().unwrap_or_else(|p| p.into_inner())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            })
+        };
+        crate::wait::poll_blocking(timeout, Duration::from_millis(100), found, || {
+            format!("no OTLP {signal} export containing {needles:?}; received {:?}", received())
+        })
     }
 }

@@ -29,6 +29,27 @@ where
     }
 }
 
+/// [`poll_until`] for code without a runtime (tests driving a process with blocking
+/// calls): `check` every `every` until it returns `Some`, for at most `timeout`; then panics
+/// with what `on_timeout` says (the process's logs, what did arrive).
+pub fn poll_blocking<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    on_timeout: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?}: {}", on_timeout());
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Waits until the Deployment `ns`/`name` has rolled out its current spec and every
 /// replica is available, or fails with its status (the ReplicaSet's failure, a Pod Security
 /// violation say, is in its conditions) when it does not within `timeout`.

@@ -98,14 +98,31 @@ pub async fn supervise(
 fn spawn(cmd: &[String]) -> Result<Child, SupervisorError> {
     let program = cmd.first().cloned().unwrap_or_default();
     tracing::info!(command = %cmd.join(" "), "starting the model server");
-    Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(&cmd[1..])
         .stdin(Stdio::null())
         // Its own process group, so a restart stops the engine's helper processes too.
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| SupervisorError::Spawn { program, source })
+        .kill_on_drop(true);
+    die_with_the_worker(&mut command);
+    command.spawn().map_err(|source| SupervisorError::Spawn { program, source })
+}
+
+/// The model server is SIGKILLed by the kernel when the worker dies, however it dies
+/// (SIGKILL, the OOM killer): `kill_on_drop` needs the worker alive to run, and on a host
+/// (an edge box, the tests) an orphaned vLLM would keep its port and its GPU memory. The
+/// signal fires when the forking *thread* ends; the supervisor spawns from the runtime's
+/// worker threads, which live as long as the worker.
+#[allow(unsafe_code)]
+fn die_with_the_worker(command: &mut Command) {
+    // SAFETY: runs between fork and exec, where only async-signal-safe calls are allowed:
+    // prctl is one, and the closure touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
 }
 
 /// Stops the model server and every process of its group (vLLM's engine and tokenizer

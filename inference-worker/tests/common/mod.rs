@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use taimatsu_core::{ManifestEntry, ModelManifest, manifest_digest};
+use taimatsu_tests::wait::poll_blocking;
 
 pub mod real_node;
 
@@ -178,32 +179,29 @@ impl Worker {
     /// Waits for /readyz (the model verified, loaded and warmed up); panics with the logs
     /// if the worker exits or takes longer than `timeout`.
     pub fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
         let client = reqwest::blocking::Client::new();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("worker exited with {status} before it was ready:\n{}", self.logs());
+        let url = self.url("/readyz");
+        let stderr = self.stderr.clone();
+        let logs = |stderr: &Path| std::fs::read_to_string(stderr).unwrap_or_default();
+        let child = &mut self.child;
+        let ready = || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("worker exited with {status} before it was ready:\n{}", logs(&stderr));
             }
-            if let Ok(r) = client.get(self.url("/readyz")).send()
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "worker not ready after {timeout:?}:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            client.get(&url).send().ok().filter(|r| r.status().is_success()).map(|_| ())
+        };
+        poll_blocking(timeout, Duration::from_millis(100), ready, || format!("worker not ready:\n{}", logs(&stderr)));
     }
 
     /// Waits for the process to exit and returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "worker still running after {timeout:?}:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let stderr = self.stderr.clone();
+        poll_blocking(
+            timeout,
+            Duration::from_millis(50),
+            || self.child.try_wait().unwrap(),
+            || format!("worker still running:\n{}", std::fs::read_to_string(&stderr).unwrap_or_default()),
+        )
     }
 }
 
