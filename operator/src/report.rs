@@ -40,6 +40,10 @@ pub async fn write_status(
     new.observed_generation = md.metadata.generation;
     new.conditions = status::to_conditions(observed, &old.conditions, md.metadata.generation, Time(now()));
     fill(&mut new);
+    // As the API server stores it: condition times in whole seconds. Compared unrounded, a
+    // status would never equal this replica's last write read back, and would be written
+    // again at every reconcile.
+    let new = as_stored(&new).map_err(|e| Error::Serialize(e.to_string()))?;
     publish_transitions(md, ctx, &old, observed).await;
     let key = (md.namespace().unwrap_or_default(), md.name_any());
     let patch = match status_patch(&old, &new) {
@@ -81,24 +85,29 @@ async fn send(
     Ok(())
 }
 
-/// The JSON merge patch that turns status `old` into `new`: every field that differs, a
-/// cleared one as `null`; None when they are equal.
+/// `status` as the API server stores and returns it (times in whole seconds).
+fn as_stored(status: &ModelDeploymentStatus) -> serde_json::Result<ModelDeploymentStatus> {
+    serde_json::to_value(status).and_then(serde_json::from_value)
+}
+
+/// The JSON merge patch that turns status `old` into `new`, None when they are equal. It
+/// carries every field of `new`, not only those that differ from `old`, and a field `new`
+/// cleared as `null`: `old` is the watch cache's copy, which can lag this replica's own last
+/// write, and a patch of only the differences from a stale copy would leave the fields that
+/// write changed as it left them (then the next reconcile writes again, and again).
 pub fn status_patch(old: &ModelDeploymentStatus, new: &ModelDeploymentStatus) -> Option<Value> {
+    if old == new {
+        return None;
+    }
     let fields = |s: &ModelDeploymentStatus| match serde_json::to_value(s) {
         Ok(Value::Object(map)) => map,
         _ => serde_json::Map::new(),
     };
-    let (old, new) = (fields(old), fields(new));
-    let mut patch = serde_json::Map::new();
-    for (key, value) in &new {
-        if old.get(key) != Some(value) {
-            patch.insert(key.clone(), value.clone());
-        }
+    let (old, mut patch) = (fields(old), fields(new));
+    for key in old.keys() {
+        patch.entry(key.clone()).or_insert(Value::Null);
     }
-    for key in old.keys().filter(|k| !new.contains_key(*k)) {
-        patch.insert(key.clone(), Value::Null);
-    }
-    (!patch.is_empty()).then_some(Value::Object(patch))
+    Some(Value::Object(patch))
 }
 
 /// One Event per transition: the conditions whose reason changed, together, under the
@@ -192,18 +201,34 @@ mod tests {
     }
 
     #[test]
+    fn a_status_read_back_equals_the_write_that_stored_it() {
+        let conditions = status::to_conditions(
+            &status::blocked(Reason::ModelNotFound, "no model"),
+            &[],
+            Some(1),
+            Time("2026-12-02T10:00:00.123456789Z".parse().unwrap()),
+        );
+        let written = ModelDeploymentStatus { conditions, ..Default::default() };
+        let read_back: ModelDeploymentStatus = serde_json::from_str(&serde_json::to_string(&written).unwrap()).unwrap();
+        assert_ne!(written, read_back, "the API server keeps whole seconds");
+        assert_eq!(as_stored(&written).unwrap(), read_back);
+        assert_eq!(status_patch(&read_back, &as_stored(&written).unwrap()), None);
+    }
+
+    #[test]
     fn an_unchanged_status_is_no_patch() {
         let s = status(json!({ "observedGeneration": 3, "servingRevision": 2, "replicas": 1 }));
         assert_eq!(status_patch(&s, &s.clone()), None);
     }
 
     #[test]
-    fn the_patch_carries_changed_fields_and_clears_removed_ones() {
+    fn the_patch_carries_the_whole_new_status_and_clears_removed_fields() {
         let old = status(json!({ "observedGeneration": 3, "servingRevision": 2, "failedRevision": 4, "replicas": 1 }));
         let new = status(json!({ "observedGeneration": 4, "servingRevision": 2, "replicas": 2, "readyReplicas": 1 }));
         assert_eq!(
             status_patch(&old, &new),
-            Some(json!({ "observedGeneration": 4, "replicas": 2, "readyReplicas": 1, "failedRevision": null }))
+            Some(json!({ "observedGeneration": 4, "servingRevision": 2, "replicas": 2, "readyReplicas": 1,
+                         "failedRevision": null }))
         );
     }
 }
