@@ -37,9 +37,10 @@ fn start(audit_log: &std::path::Path, upstream_port: u16) -> Worker {
     w
 }
 
-fn upstream_pid(w: &Worker) -> u32 {
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id())).unwrap();
-    children.split_whitespace().next().expect("the worker has no child process").parse().unwrap()
+/// The worker's model server process, once it has one.
+fn upstream_pid(w: &Worker) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id())).ok()?;
+    children.split_whitespace().next().and_then(|pid| pid.parse().ok())
 }
 
 fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -75,7 +76,7 @@ fn forwards_streams_errors_and_survives_upstream_death() {
     assert!(report.records >= 5, "{report:?}");
 
     // The upstream dies: readiness goes, requests are refused, the worker restarts it.
-    let pid = upstream_pid(&w);
+    let pid = upstream_pid(&w).expect("the worker has no child process");
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     wait_until("readiness to drop", Duration::from_secs(10), || {
         client.get(w.url("/readyz")).send().map(|r| r.status() == 503).unwrap_or(false)
@@ -91,7 +92,7 @@ fn forwards_streams_errors_and_survives_upstream_death() {
         client.get(w.url("/readyz")).send().map(|r| r.status() == 200).unwrap_or(false)
     });
     assert_eq!(w.metric("taimatsu_worker_upstream_restarts_total").unwrap_or(0.0), 1.0);
-    assert_ne!(upstream_pid(&w), pid);
+    assert_ne!(upstream_pid(&w).expect("the worker has no child process"), pid);
     let r = client
         .post(w.url("/v1/completions"))
         .json(&json!({ "model": "smollm2", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0 }))
@@ -154,9 +155,7 @@ fn a_killed_worker_takes_its_model_server_with_it() {
     ));
     let mut server = None;
     wait_until("the worker to start its model server", Duration::from_secs(60), || {
-        server = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.child.id()))
-            .ok()
-            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()));
+        server = upstream_pid(&w);
         server.is_some()
     });
     let server = server.unwrap();
