@@ -231,7 +231,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let events = watcher(api, config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::watch_backoff())
         .modify(move |o| {
             o.meta_mut().managed_fields = None;
             trim(o);
@@ -252,7 +252,7 @@ where
 {
     // An Api of PartialObjectMeta makes metadata-only requests.
     let events = watcher(Api::<Meta<K>>::all(client), config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::watch_backoff())
         .modify(|o| o.metadata.managed_fields = None)
         .reflect(writer);
     triggers(events, wanted)

@@ -48,7 +48,7 @@ pub async fn run(
     // for the next reconcile, and the operator's own status write is what brings it.
     let (store, mds_writer) = reflector::store();
     let mds = watcher(Api::<Guarded>::all(client.clone()), wc.clone())
-        .default_backoff()
+        .backoff(crate::watch_backoff::watch_backoff())
         .modify(|md| cache::trim_managed_fields(md.meta_mut()))
         .reflect(mds_writer)
         .applied_objects();

@@ -39,16 +39,25 @@ pub fn campaign(client: Client, config: LeaseConfig) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let leases: Api<Lease> = Api::namespaced(client, &config.namespace);
+        // When our last successful round started: the renew time it wrote is no later.
         let mut renewed: Option<Instant> = None;
         loop {
-            let round = try_acquire(&leases, &config).await;
-            if let Err(e) = &round {
-                warn!(error = %e, "lease update failed");
-            }
-            let leading =
-                still_leading(round.as_ref().ok().copied(), renewed.map(|t| t.elapsed()), config.renew_deadline);
+            let started = Instant::now();
+            let budget = round_budget(renewed.map(|t| t.elapsed()), config.renew_deadline);
+            let round = match tokio::time::timeout(budget, try_acquire(&leases, &config)).await {
+                Ok(Ok(leading)) => Some(leading),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "lease update failed");
+                    None
+                }
+                Err(_) => {
+                    warn!(after = ?budget, "lease update timed out");
+                    None
+                }
+            };
+            let leading = still_leading(round, renewed.map(|t| t.elapsed()), config.renew_deadline);
             renewed = match round {
-                Ok(true) => Some(Instant::now()),
+                Some(true) => Some(started),
                 _ if leading => renewed,
                 _ => None,
             };
@@ -56,15 +65,37 @@ pub fn campaign(client: Client, config: LeaseConfig) -> watch::Receiver<bool> {
                 info!(identity = %config.identity, leading, "leadership changed");
                 let _ = tx.send(leading);
             }
-            tokio::time::sleep(config.renew).await;
+            tokio::time::sleep(pause(round, renewed.map(|t| t.elapsed()), &config)).await;
         }
     });
     rx
 }
 
-/// Whether this replica leads after a round: `round` is its outcome (`None`: it failed, so
-/// the Lease may still be ours), `since_renewal` the time since our last successful renewal
-/// while we lead. A failed round keeps the lead until the renew deadline.
+/// How long one round may take. While we lead, no longer than what is left of the renew
+/// deadline: a request hanging on an API server whose etcd is down must not keep us
+/// leading past it, when another replica may take the Lease over. A candidate's round
+/// gets the whole deadline.
+fn round_budget(since_renewal: Option<Duration>, renew_deadline: Duration) -> Duration {
+    since_renewal.map_or(renew_deadline, |since| renew_deadline.saturating_sub(since))
+}
+
+/// How soon a leader tries again after a failed renewal (client-go's default retry period):
+/// several tries fit in the renew deadline, so the first one after the API server is back
+/// keeps the lead.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The wait before the next round: the renew period, but after a failed renewal [`RETRY`],
+/// and never past what is left of the deadline, so the lead ends on time if the API stays away.
+fn pause(round: Option<bool>, since_renewal: Option<Duration>, config: &LeaseConfig) -> Duration {
+    match (round, since_renewal) {
+        (None, Some(since)) => config.renew.min(RETRY).min(config.renew_deadline.saturating_sub(since)),
+        _ => config.renew,
+    }
+}
+
+/// Whether this replica leads after a round: `round` is its outcome (`None`: it failed or
+/// timed out, so the Lease may still be ours), `since_renewal` the time since our last
+/// successful renewal while we lead. A failed round keeps the lead until the renew deadline.
 fn still_leading(round: Option<bool>, since_renewal: Option<Duration>, renew_deadline: Duration) -> bool {
     match round {
         Some(leading) => leading,
@@ -139,5 +170,27 @@ mod tests {
         assert!(still_leading(Some(true), None, DEADLINE));
         // Another holder (or a lost race, 409): stop at once, whatever the deadline says.
         assert!(!still_leading(Some(false), Some(Duration::from_secs(1)), DEADLINE));
+    }
+
+    #[test]
+    fn a_leader_never_waits_past_its_renew_deadline() {
+        let config = LeaseConfig {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+            renew: Duration::from_secs(5),
+            renew_deadline: DEADLINE,
+        };
+        // A round 7 s after the last renewal may take 3 s at most; after a failed one the
+        // next comes after the retry period, and no later than the deadline.
+        assert_eq!(round_budget(Some(Duration::from_secs(7)), DEADLINE), Duration::from_secs(3));
+        assert_eq!(pause(None, Some(Duration::from_secs(5)), &config), RETRY);
+        assert_eq!(pause(None, Some(Duration::from_millis(9500)), &config), Duration::from_millis(500));
+        assert_eq!(round_budget(Some(Duration::from_secs(12)), DEADLINE), Duration::ZERO);
+        // A candidate, or a leader whose round answered, keeps the renew period.
+        assert_eq!(round_budget(None, DEADLINE), DEADLINE);
+        assert_eq!(pause(None, None, &config), config.renew);
+        assert_eq!(pause(Some(true), Some(Duration::ZERO), &config), config.renew);
     }
 }

@@ -19,5 +19,6 @@ pub mod revision;
 pub mod rollout;
 pub mod status;
 pub mod validate;
+pub mod watch_backoff;
 pub mod webhook;
 pub mod webhook_tls;
