@@ -135,12 +135,7 @@ fn whole_chain(cp: &ControlPlane) -> Vec<serde_json::Value> {
     let segments: Vec<&[u8]> = segments.iter().map(Vec::as_slice).collect();
     let merged = taimatsu_core::audit_chain::merge_segments(&segments).expect("no fork, no gap");
     taimatsu_core::audit_chain::verify(&merged.log).expect("one valid chain");
-    merged
-        .log
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice::<serde_json::Value>(l).unwrap()["record"].clone())
-        .collect()
+    sealed_records(&merged.log)
 }
 
 /// In the namespaces of test `test`: every decision once, and the rollout's success recorded.

@@ -41,12 +41,15 @@ pub fn audit_records(
 ) -> (taimatsu_core::audit_chain::VerifyReport, Vec<serde_json::Value>) {
     let log = std::fs::read(audit_log(cp, identity)).unwrap_or_default();
     let report = taimatsu_core::audit_chain::verify(&log).expect("the audit chain verifies");
-    let records = log
-        .split(|b| *b == b'\n')
+    (report, sealed_records(&log))
+}
+
+/// The `record` of every sealed line of a chain (or a segment of one).
+pub fn sealed_records(log: &[u8]) -> Vec<serde_json::Value> {
+    log.split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice::<serde_json::Value>(l).expect("a sealed record")["record"].clone())
-        .collect();
-    (report, records)
+        .collect()
 }
 
 /// The control-plane audit file the operator `identity` writes.
