@@ -44,6 +44,9 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit, CRD drift, cluster, and the real kubelet node)"
-TAIMATSU_REAL_NODE=1 cargo test --workspace --locked -- --include-ignored
+# Under taimatsu-no-leftovers (a child subreaper): the run fails when any process a test
+# started (a control plane, a model server, a worker) is still alive once cargo test exits.
+TAIMATSU_REAL_NODE=1 cargo run -q --locked -p taimatsu-tests --bin taimatsu-no-leftovers -- \
+  cargo test --workspace --locked -- --include-ignored
 
 log "all tests passed in $((SECONDS - started))s"
