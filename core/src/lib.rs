@@ -6,6 +6,7 @@ pub mod address_scope;
 pub mod audit_chain;
 pub mod engine;
 pub mod file_verify;
+pub mod hf;
 pub mod manifest;
 pub mod memory_fit;
 pub mod model_format;
@@ -16,6 +17,7 @@ pub mod vllm;
 pub use address_scope::{AddressScope, OutOfScope, ScopeParseError};
 pub use engine::EngineKind;
 pub use file_verify::{VerifiedModel, VerifyError, sha256_file, verify_dir};
+pub use hf::HfSource;
 pub use manifest::{
     ManifestEntry, ManifestError, ManifestPathError, ModelManifest, manifest_digest, validate_relative_path,
 };
