@@ -14,6 +14,7 @@ pub mod control_plane;
 pub mod crds;
 pub mod fleet;
 pub mod helm;
+pub mod hub_mirror;
 pub mod leftovers;
 pub mod mirror;
 pub mod namespace;
