@@ -53,7 +53,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
-    /// `https://mirror/prefix/`, `s3://bucket/prefix/` or `pvc:///mounted/path`.
+    /// `https://mirror/prefix/`, `s3://bucket/prefix/`, `pvc:///mounted/path` or
+    /// `hf://<org>/<name>@<commit>` (fetched from `--hf-mirror`).
     #[arg(long)]
     pub source: String,
     /// The manifest JSON rendered by the operator.
@@ -65,9 +66,14 @@ pub struct FetchArgs {
     /// Extra CA certificates (PEM) for an https source.
     #[arg(long)]
     pub ca_bundle: Option<PathBuf>,
-    /// Hugging Face mirror (hf:// sources are not fetched by this version).
+    /// The in-house Hugging Face Hub mirror hf:// sources are fetched from (never the public hub).
     #[arg(long)]
     pub hf_mirror: Option<String>,
+    /// Accept an hf:// revision that is a branch or tag, not a commit id (set by the operator
+    /// only in namespaces that allow unpinned models). Without it such a revision is refused,
+    /// naming the commit it resolves to.
+    #[arg(long)]
+    pub allow_branch_revision: bool,
     /// Files downloaded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,

@@ -53,15 +53,14 @@ fn main() -> ExitCode {
 }
 
 async fn fetch(args: cli::FetchArgs) -> Result<(), Failure> {
-    if args.hf_mirror.is_some() {
-        tracing::info!("--hf-mirror is accepted for hf:// sources, which this version does not fetch");
-    }
     let options = taimatsu_model_fetch::FetchOptions {
         source: args.source,
         manifest: args.manifest,
         dest: args.dest,
         ca_bundle: args.ca_bundle,
         parallel: args.parallel.max(1),
+        hf_mirror: args.hf_mirror,
+        allow_branch_revision: args.allow_branch_revision,
     };
     match taimatsu_model_fetch::fetch(&options).await {
         Ok(report) => {

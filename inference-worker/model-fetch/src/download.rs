@@ -13,6 +13,7 @@ use taimatsu_core::file_verify::STATE_DIR;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tracing::{info, warn};
 
+use crate::hub::Hub;
 use crate::progress::Progress;
 use crate::s3::S3;
 use crate::source::{Source, join_url};
@@ -44,6 +45,7 @@ pub(crate) struct Remote {
 enum RemoteKind {
     Http(Url),
     S3(Box<S3>),
+    Hub(Box<Hub>),
 }
 
 impl Remote {
@@ -51,15 +53,31 @@ impl Remote {
         let kind = match source {
             Source::Http(base) => RemoteKind::Http(base.clone()),
             Source::S3 { bucket, prefix } => RemoteKind::S3(Box::new(S3::from_env(uri, bucket, prefix, env)?)),
-            Source::Local(_) => unreachable!("local sources are copied, not downloaded"),
+            Source::Hf(_) | Source::Local(_) => unreachable!("hub sources are made by Remote::hub, local ones copied"),
         };
-        Ok(Remote { client: client(ca_bundle)?, kind })
+        Ok(Remote { client: client(ca_bundle, same_origin_redirects())?, kind })
+    }
+
+    /// A Hub mirror's repository; its revision is resolved with [`Remote::resolve`].
+    pub fn hub(hub: Hub, ca_bundle: Option<&Path>) -> Result<Remote, FetchError> {
+        Ok(Remote { client: client(ca_bundle, same_origin_redirects())?, kind: RemoteKind::Hub(Box::new(hub)) })
+    }
+
+    /// For a Hub source, resolves its revision to a commit with a lookup of `probe`
+    /// (without following redirects: the Hub's answer for an LFS file is a redirect that
+    /// carries the commit). Nothing to do for other sources.
+    pub async fn resolve(&mut self, probe: &str, ca_bundle: Option<&Path>) -> Result<(), FetchError> {
+        if let RemoteKind::Hub(hub) = &mut self.kind {
+            hub.resolve(&client(ca_bundle, redirect::Policy::none())?, probe).await?;
+        }
+        Ok(())
     }
 
     fn url(&self, path: &str) -> Result<Url, FetchError> {
         match &self.kind {
             RemoteKind::Http(base) => join_url(base, path),
             RemoteKind::S3(s3) => s3.url(path),
+            RemoteKind::Hub(hub) => hub.url(path),
         }
     }
 
@@ -70,6 +88,8 @@ impl Remote {
             RemoteKind::Http(_) if from > 0 => request.header(RANGE, format!("bytes={from}-")),
             RemoteKind::Http(_) => request,
             RemoteKind::S3(s3) => request.headers(s3.signed_headers(url, from, SystemTime::now())?),
+            RemoteKind::Hub(hub) if from > 0 => hub.authorize(request).header(RANGE, format!("bytes={from}-")),
+            RemoteKind::Hub(hub) => hub.authorize(request),
         })
     }
 
@@ -177,7 +197,7 @@ impl Remote {
             s if s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 return Err(Failure::Retry(format!("HTTP {status}")));
             }
-            _ => return Err(Failure::Fatal(http_error(entry, url, status, matches!(self.kind, RemoteKind::S3(_))))),
+            _ => return Err(Failure::Fatal(http_error(entry, url, status, &self.kind))),
         }
         loop {
             let chunk = match response.chunk().await {
@@ -234,7 +254,7 @@ fn send_failure(e: reqwest::Error) -> Failure {
 
 /// The rustls certificate error among `e`'s causes, looking inside `io::Error`s too
 /// (whose `source()` skips the error they wrap, and which rustls errors arrive nested in).
-fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+pub(crate) fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut pending = vec![e];
     while let Some(cause) = pending.pop() {
         if let Some(tls @ rustls::Error::InvalidCertificate(_)) = cause.downcast_ref::<rustls::Error>() {
@@ -248,8 +268,13 @@ fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a
     None
 }
 
-fn http_error(entry: &ManifestEntry, url: &Url, status: StatusCode, s3: bool) -> FetchError {
+fn http_error(entry: &ManifestEntry, url: &Url, status: StatusCode, kind: &RemoteKind) -> FetchError {
+    let (s3, hub) = (matches!(kind, RemoteKind::S3(_)), matches!(kind, RemoteKind::Hub(_)));
     let hint = match status.as_u16() {
+        404 | 410 if hub => "the file is not in the repository at the resolved commit: fix spec.files or the revision",
+        401 | 403 if hub => {
+            "the mirror refused the token: put one it accepts as HF_TOKEN in the Secret named by spec.source.credentialsSecretRef"
+        }
         // S3 answers a request to the wrong region with 301 PermanentRedirect and no Location.
         301 | 307 if s3 => "the bucket is in another region: set AWS_REGION to the bucket's region",
         404 | 410 => "the file is not at the source: upload it there or fix spec.source.uri and spec.files",
@@ -271,7 +296,7 @@ fn parse_content_range(value: &str) -> (Option<u64>, Option<u64>) {
 }
 
 /// An error and its causes, `a: b: c` (reqwest's own message omits the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -282,9 +307,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The one HTTP client: the source's host only (no proxies, same-origin redirects),
-/// no content decoding (Range offsets are raw bytes), the extra CA bundle trusted.
-fn client(ca_bundle: Option<&Path>) -> Result<Client, FetchError> {
+/// The HTTP client: the source's host only (no proxies; `redirects` are same-origin or
+/// none), no content decoding (Range offsets are raw bytes), the extra CA bundle trusted.
+fn client(ca_bundle: Option<&Path>, redirects: redirect::Policy) -> Result<Client, FetchError> {
     let mut builder = Client::builder()
         .no_proxy()
         .no_gzip()
@@ -293,7 +318,7 @@ fn client(ca_bundle: Option<&Path>) -> Result<Client, FetchError> {
         .no_zstd()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
-        .redirect(same_origin_redirects())
+        .redirect(redirects)
         .user_agent(concat!("taimatsu-model-fetch/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_bundle {
         let config = |message: String| FetchError::Config { what: format!("CA bundle {}", path.display()), message };
@@ -328,7 +353,7 @@ fn same_origin_redirects() -> redirect::Policy {
             attempt.follow()
         } else {
             let message = format!(
-                "refused the redirect from {first} to {next}: the worker contacts only the source's host; point spec.source.uri at the files' real location"
+                "refused the redirect from {first} to {next}: the worker contacts only the source's host (for hf://, the mirror's); point spec.source.uri at the files' real location, or have the mirror serve its storage on its own host"
             );
             attempt.error(message)
         }

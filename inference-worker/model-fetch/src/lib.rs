@@ -10,7 +10,9 @@
 //!   the operator turns into a condition.
 //!
 //! How a fetch goes, and why:
-//! 1. The manifest is validated, the source parsed. `hf://` and `oci://` are refused.
+//! 1. The manifest is validated, the source parsed. `oci://` is refused; `hf://` is fetched
+//!    from the configured Hub mirror (`hub.rs`), its revision resolved to a commit only when
+//!    a file has to be downloaded.
 //! 2. A file in `dest` that the manifest does not list fails the fetch (`UnexpectedFile`)
 //!    before anything is downloaded: it may be user data, so it is not deleted.
 //! 3. Files already at their final path are re-hashed, never trusted by name. A file that
@@ -30,6 +32,7 @@
 
 mod cache;
 mod download;
+mod hub;
 mod local;
 mod progress;
 mod s3;
@@ -61,10 +64,15 @@ pub struct FetchOptions {
     pub manifest: PathBuf,
     /// The cache volume the files land in (`<dest>/<path>`).
     pub dest: PathBuf,
-    /// Extra CA certificates (PEM) trusted for an https source.
+    /// Extra CA certificates (PEM) trusted for an https source (and an https Hub mirror).
     pub ca_bundle: Option<PathBuf>,
     /// Files downloaded at once.
     pub parallel: usize,
+    /// The in-house Hugging Face Hub mirror `hf://` sources are fetched from.
+    pub hf_mirror: Option<String>,
+    /// Accept an `hf://` revision that is a branch or tag rather than a commit id (the
+    /// operator sets it only in namespaces that allow unpinned models).
+    pub allow_branch_revision: bool,
 }
 
 /// What was done.
@@ -80,17 +88,18 @@ pub struct FetchReport {
     pub downloaded_bytes: u64,
 }
 
-/// The source's credentials and endpoint settings (`AWS_*`), read from the process
-/// environment by [`fetch`], or given explicitly to [`fetch_with_env`].
+/// The source's credentials and endpoint settings (`AWS_*`, `HF_TOKEN`), read from the
+/// process environment by [`fetch`], or given explicitly to [`fetch_with_env`].
 #[derive(Clone, Default)]
 pub struct SourceEnv {
     vars: BTreeMap<String, String>,
 }
 
 impl SourceEnv {
-    /// The `AWS_*` variables of this process (the pod gets them from the credentials Secret).
+    /// The `AWS_*` variables and `HF_TOKEN` of this process (the pod gets them from the
+    /// credentials Secret).
     pub fn from_process() -> SourceEnv {
-        SourceEnv::from_pairs(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")))
+        SourceEnv::from_pairs(std::env::vars().filter(|(k, _)| k.starts_with("AWS_") || k == "HF_TOKEN"))
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> SourceEnv {
@@ -135,6 +144,9 @@ pub enum FetchError {
         "{path}: sha256 is {actual} but the manifest pins {expected} (fetched from {location}); the source holds a different file or it was corrupted on the way — fix the file at the source or spec.files"
     )]
     DigestMismatch { path: String, location: String, expected: String, actual: String },
+    /// A Hub mirror refused or could not resolve the revision, or resolved it to a moving one.
+    #[error("source {uri}: {message}")]
+    Hub { uri: String, message: String },
     #[error("{error} (in {})", dir.display())]
     Verify { dir: PathBuf, error: VerifyError },
     #[error("{}: {error}; check that the volume is mounted, writable and has room", path.display())]
@@ -153,6 +165,7 @@ impl FetchError {
             | Self::Http { .. }
             | Self::Transfer { .. }
             | Self::SourceMissing { .. }
+            | Self::Hub { .. }
             | Self::Io { .. } => "FetchFailed",
         }
     }
@@ -170,7 +183,7 @@ pub async fn fetch(options: &FetchOptions) -> Result<FetchReport, FetchError> {
 /// [`fetch`] with explicit source settings (tests; callers that hold credentials elsewhere).
 pub async fn fetch_with_env(options: &FetchOptions, env: &SourceEnv) -> Result<FetchReport, FetchError> {
     let manifest = read_manifest(&options.manifest).await?;
-    let transport = Transport::new(options, env)?;
+    let mut transport = Transport::new(options, env)?;
     let dest = options.dest.clone();
     tokio::fs::create_dir_all(&dest).await.map_err(|e| FetchError::io(&dest, e))?;
 
@@ -197,6 +210,9 @@ pub async fn fetch_with_env(options: &FetchOptions, env: &SourceEnv) -> Result<F
         "fetch starting"
     );
 
+    if let (Transport::Remote(remote), Some(first)) = (&mut transport, plan.missing.first()) {
+        remote.resolve(&first.path, options.ca_bundle.as_deref()).await?;
+    }
     let progress = Arc::new(Progress::new(plan.missing.iter().map(|e| e.size).sum(), plan.missing.len()));
     let _reporter = progress.report_every(progress::INTERVAL);
     let downloaded_bytes = fetch_all(Arc::new(transport), &dest, plan.missing, options.parallel, &progress).await?;
@@ -263,6 +279,16 @@ impl Transport {
                     });
                 }
                 Ok(Transport::Local(root))
+            }
+            Source::Hf(hf) => {
+                let hub = hub::Hub::new(
+                    &options.source,
+                    hf,
+                    options.hf_mirror.as_deref(),
+                    env,
+                    options.allow_branch_revision,
+                )?;
+                Ok(Transport::Remote(Remote::hub(hub, options.ca_bundle.as_deref())?))
             }
             source => Ok(Transport::Remote(Remote::new(&options.source, &source, options.ca_bundle.as_deref(), env)?)),
         }

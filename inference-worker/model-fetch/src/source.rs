@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use reqwest::Url;
+use taimatsu_core::HfSource;
 
 use crate::FetchError;
 use crate::sigv4::uri_encode;
@@ -20,6 +21,8 @@ pub enum Source {
     S3 { bucket: String, prefix: String },
     /// A mounted directory, copied from.
     Local(PathBuf),
+    /// A Hugging Face Hub repository at a revision, fetched from the configured mirror.
+    Hf(HfSource),
 }
 
 impl Source {
@@ -54,12 +57,7 @@ impl Source {
             "pvc" if rest.starts_with('/') => Ok(Source::Local(PathBuf::from(rest))),
             "pvc" if !rest.is_empty() => Ok(Source::Local(Path::new(PVC_MOUNT_ROOT).join(rest))),
             "" if uri.starts_with('/') => Ok(Source::Local(PathBuf::from(uri))),
-            "hf" => {
-                Err(bad("hf:// is not fetched directly, since the worker contacts only its one configured source: \
-                 copy the repository's files at a fixed revision to an https:// mirror, an s3:// bucket or a \
-                 PVC and set spec.source.uri to that"
-                    .into()))
-            }
+            "hf" => HfSource::parse(uri).map(Source::Hf).map_err(|e| bad(e.to_string())),
             "oci" => {
                 Err(bad("oci:// artifacts are not supported yet: copy the model's files to an https:// mirror, an \
                  s3:// bucket or a PVC and set spec.source.uri to that"
@@ -111,8 +109,17 @@ mod tests {
     }
 
     #[test]
+    fn hf_sources_name_a_repository_and_revision() {
+        let Source::Hf(hf) = Source::parse("hf://org/m@main").unwrap() else { panic!() };
+        assert_eq!((hf.repo_id().as_str(), hf.revision.as_str()), ("org/m", "main"));
+        let err = Source::parse("hf://org/m").unwrap_err();
+        assert_eq!(err.reason(), "SourceUnsupported");
+        assert!(err.to_string().contains("hf://<org>/<name>@"), "{err}");
+    }
+
+    #[test]
     fn unsupported_sources_say_what_to_use() {
-        for uri in ["hf://org/m@main", "oci://registry/m:1", "ftp://x/", "models/m"] {
+        for uri in ["oci://registry/m:1", "ftp://x/", "models/m"] {
             let err = Source::parse(uri).unwrap_err();
             assert_eq!(err.reason(), "SourceUnsupported", "{uri}");
             assert!(err.to_string().contains("https://"), "{err}");

@@ -24,15 +24,24 @@ async fn an_edited_manifest_is_refused() {
 }
 
 #[tokio::test]
-async fn hf_and_oci_sources_are_unsupported() {
+async fn oci_sources_are_unsupported() {
     let work = tempfile::tempdir().unwrap();
     let model = Model::standard(work.path(), "m");
-    for source in ["hf://org/model@main", "oci://registry.example/model:1"] {
-        let err =
-            fetch_with_env(&model.options(source.into(), &work.path().join("dest")), &no_env()).await.unwrap_err();
-        assert_eq!(err.reason(), "SourceUnsupported", "{source}");
-        assert!(err.to_string().starts_with(&format!("source {source}: ")), "{err}");
-    }
+    let source = "oci://registry.example/model:1";
+    let err = fetch_with_env(&model.options(source.into(), &work.path().join("dest")), &no_env()).await.unwrap_err();
+    assert_eq!(err.reason(), "SourceUnsupported", "{source}");
+    assert!(err.to_string().starts_with(&format!("source {source}: ")), "{err}");
+}
+
+#[tokio::test]
+async fn hf_sources_need_a_mirror() {
+    let work = tempfile::tempdir().unwrap();
+    let model = Model::standard(work.path(), "m");
+    let source = "hf://org/model@main";
+    let err = fetch_with_env(&model.options(source.into(), &work.path().join("dest")), &no_env()).await.unwrap_err();
+    assert_eq!(err.reason(), "FetchFailed", "{err}");
+    assert!(err.to_string().contains("--hf-mirror"), "{err}");
+    assert!(!work.path().join("dest").exists() || std::fs::read_dir(work.path().join("dest")).unwrap().count() == 0);
 }
 
 #[tokio::test]

@@ -262,6 +262,8 @@ impl Model {
             dest: dest.to_owned(),
             ca_bundle: None,
             parallel: 2,
+            hf_mirror: None,
+            allow_branch_revision: false,
         }
     }
 
