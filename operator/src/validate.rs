@@ -1,7 +1,7 @@
 //! Checks that need other objects, which CEL cannot see. Pure: the caller fetches.
 
 use taimatsu_core::memory_fit::{self, FitInput};
-use taimatsu_core::{EngineKind, ManifestEntry, ParameterCount, manifest_digest};
+use taimatsu_core::{EngineKind, HfSource, ManifestEntry, ParameterCount, manifest_digest};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 
 use crate::status::Reason;
@@ -66,6 +66,23 @@ pub fn check<'m>(
             ),
         ));
     }
+    // A file manifest pins what is served, but an hf:// branch or tag is still a moving name
+    // for it: the files would stop matching once it moves, and nobody could tell which commit
+    // a revision served. Where pinning is required, only a commit id is accepted.
+    if let Some(hf) = unpinned_hf_revision(&model.spec.source.uri)
+        && !namespace_allows_unpinned
+    {
+        return Err(blocked(
+            Reason::UnpinnedModel,
+            format!(
+                "Model {:?} names revision {:?} of {}, a branch or tag that can move, and this namespace requires models pinned to a commit: set spec.source.uri to hf://{}@<40-hex commit id> (kubectl taimatsu model manifest prints it), or label the namespace {ALLOW_UNPINNED_LABEL}=true",
+                spec.model_ref.name,
+                hf.revision,
+                hf.repo_id(),
+                hf.repo_id()
+            ),
+        ));
+    }
     let entries: Vec<ManifestEntry> = model
         .spec
         .files
@@ -85,6 +102,11 @@ pub fn check<'m>(
         check_fit(md, model, profile)?;
     }
     Ok(Validated { model, digest })
+}
+
+/// The `hf://` source `uri` names, when its revision is not a commit id.
+pub fn unpinned_hf_revision(uri: &str) -> Option<HfSource> {
+    HfSource::parse(uri).ok().filter(|hf| !hf.is_pinned())
 }
 
 fn check_fit(md: &ModelDeployment, model: &Model, profile: &AcceleratorProfile) -> Result<(), Blocked> {
@@ -157,6 +179,25 @@ mod tests {
         assert_eq!(reason(check(&gpu, Some(&big), Some(&profile(80)), false)), Reason::DoesNotFit);
         let ok = check(&gpu, Some(&st), Some(&profile(80)), false).expect("fits");
         assert!(ok.digest.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn hf_revisions_must_be_commits_unless_the_namespace_allows_unpinned() {
+        let cpu = md("builtin", "q4_0", json!(null));
+        let with_source = |uri: &str| {
+            let mut m = model("gguf", "135M", true);
+            m.spec.source.uri = uri.into();
+            m
+        };
+        for branch in ["hf://org/m@main", "hf://org/m@v1.0", "hf://org/m@refs/pr/1"] {
+            let m = with_source(branch);
+            let err = check(&cpu, Some(&m), None, false).expect_err(branch);
+            assert_eq!(err.reason, Reason::UnpinnedModel, "{branch}");
+            assert!(err.message.contains("hf://org/m@<40-hex commit id>"), "{}", err.message);
+            assert!(check(&cpu, Some(&m), None, true).is_ok(), "{branch}: allowed where unpinned models are");
+        }
+        let pinned = with_source(&format!("hf://org/m@{}", "0a".repeat(20)));
+        assert!(check(&cpu, Some(&pinned), None, false).is_ok());
     }
 
     #[test]

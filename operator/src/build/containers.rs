@@ -37,6 +37,11 @@ pub fn fetch(inputs: &Inputs<'_>) -> Container {
     {
         args.push(format!("--hf-mirror={mirror}"));
     }
+    // Only built once validation passed, which it does for a branch or tag only in a
+    // namespace that allows unpinned models: the fetch step refuses one otherwise.
+    if crate::validate::unpinned_hf_revision(&source.uri).is_some() {
+        args.push("--allow-branch-revision".to_owned());
+    }
     let mut mounts = vec![
         mount(volumes::MODELS, MODEL_DIR, false),
         mount(volumes::MANIFEST, MANIFEST_DIR, true),
