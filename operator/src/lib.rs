@@ -14,6 +14,7 @@ pub mod error;
 pub mod field_manager;
 pub mod leader;
 pub mod metrics;
+pub mod model_manifest;
 pub mod report;
 pub mod revision;
 pub mod rollout;

@@ -1,5 +1,5 @@
-//! `kubectl taimatsu`: revision history, declarative rollback, status and audit
-//! verification. Installed on the PATH as `kubectl-taimatsu`, kubectl runs it as a plugin.
+//! `kubectl taimatsu`: revision history, declarative rollback, status, audit
+//! verification, and Model manifests from a Hugging Face Hub mirror. Installed on the PATH as `kubectl-taimatsu`, kubectl runs it as a plugin.
 
 use std::process::ExitCode;
 
@@ -10,13 +10,14 @@ use kube::{Api, Client};
 use serde_json::json;
 use taimatsu_core::audit_chain;
 use taimatsu_crds::v1alpha1::{CHANGE_CAUSE_ANNOTATION, ModelDeployment};
+use taimatsu_operator::model_manifest;
 use taimatsu_operator::revision::{Outcome, RevisionRecord, store};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl taimatsu",
     version,
-    about = "History, rollback, status and audit verification for Taimatsu ModelDeployments"
+    about = "History, rollback, status and audit verification for Taimatsu ModelDeployments; Model manifests from a Hub mirror"
 )]
 struct Cli {
     /// Namespace of the ModelDeployment (default: the kubeconfig context's).
@@ -53,6 +54,47 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Prints the Model of a Hugging Face Hub repository, from an in-house mirror: the
+    /// revision pinned to its commit, every file with its size and sha256 (LFS files from
+    /// the mirror's model API, small files hashed from their bytes). HF_TOKEN is sent
+    /// when set. Needs no cluster.
+    Manifest {
+        /// `hf://<org>/<name>@<revision>`; a branch or tag is written as the commit it names now.
+        source: String,
+        /// The mirror's base URL (what HF_ENDPOINT would be for the Hub's own clients).
+        #[arg(long)]
+        mirror: String,
+        /// PEM CA bundle that signs the mirror's certificate.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// metadata.name (default: the repository name in lower case).
+        #[arg(long)]
+        name: Option<String>,
+        /// spec.architecture (default: config.json's model_type).
+        #[arg(long)]
+        architecture: Option<String>,
+        /// spec.parameters, e.g. 135M.
+        #[arg(long)]
+        parameters: Option<String>,
+        /// spec.contextLength (default: config.json's max_position_embeddings).
+        #[arg(long)]
+        context_length: Option<i64>,
+        /// spec.license (default: the model card's license).
+        #[arg(long)]
+        license: Option<String>,
+        /// Only this file of the repository (repeatable), e.g. one quantization of a GGUF repository.
+        #[arg(long = "file")]
+        only: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Audit { command: AuditCommand::Verify { files, against_cluster: false } } = &cli.command {
         return verify(files, None);
     }
+    if let Command::Model { command } = cli.command {
+        return model(command).await;
+    }
     let client = Client::try_default().await?;
     let ns = cli.namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
     match cli.command {
@@ -116,7 +161,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("no audit head ConfigMap taimatsu-audit-head in namespace {ns} (use -n with the operator's namespace)"))?;
             verify(&files, Some(&head))
         }
+        Command::Model { .. } => unreachable!("handled without a cluster above"),
     }
+}
+
+/// `model manifest`: the Model YAML on stdout, what is left to fill in on stderr.
+async fn model(command: ModelCommand) -> anyhow::Result<()> {
+    let ModelCommand::Manifest { source, mirror, ca, name, architecture, parameters, context_length, license, only } =
+        command;
+    let source = taimatsu_core::HfSource::parse(&source)?;
+    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+    let hub = model_manifest::HubClient::new(&mirror, ca.as_deref(), token)?;
+    let fields = model_manifest::ModelFields { name, architecture, parameters, context_length, license, only };
+    let generated = model_manifest::generate(&hub, &source, &fields).await?;
+    print!("{}", generated.yaml);
+    if !generated.missing.is_empty() {
+        let flags: Vec<String> = generated.missing.iter().map(|f| format!("spec.{f}")).collect();
+        eprintln!("fill in {} before applying (or pass them as flags): the API requires them", flags.join(", "));
+    }
+    Ok(())
 }
 
 /// Sets (or clears, with null) `spec.rollback.toRevision`, with the reason as change-cause.
