@@ -88,26 +88,33 @@ pub struct ModelSpec {
 pub struct ModelSource {
     /// Location of the model's root directory. One of:
     /// `https://mirror.example/models/qwen2.5-7b/` (an in-house mirror),
-    /// `s3://bucket/prefix/`, `oci://registry/repo@sha256:<digest>`,
-    /// `pvc://<claim>/<path>`, or `hf://<org>/<name>@<revision>`, which is resolved
-    /// against `hfMirror` or the operator's configured mirror, never the public hub.
+    /// `s3://bucket/prefix/`, `pvc://<claim>/<path>`, `oci://registry/repo@sha256:<digest>`
+    /// (accepted, not fetched yet), or `hf://<org>/<name>@<revision>`: a Hugging Face Hub
+    /// repository fetched with the Hub's protocol from `hfMirror` or the operator's
+    /// `--hf-mirror` (an in-house mirror such as Artifactory's or Nexus's Hugging Face
+    /// repositories), never the public hub. The revision must be a 40-hex commit id unless
+    /// the namespace allows unpinned models (a branch or tag can move);
+    /// `kubectl taimatsu model manifest` prints the Model with the commit and every file.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^(https|s3|oci|pvc|hf)://')").message("spec.source.uri must start with https://, s3://, oci://, pvc:// or hf:// (plain http is not accepted for model weights)"))]
     #[x_kube(validation = Rule::new("!self.startsWith('oci://') || self.matches('^oci://[^@ ]+@sha256:[0-9a-f]{64}$')").message("spec.source.uri: an oci:// source must be pinned by digest, as oci://registry/repository@sha256:<64 hex characters>"))]
-    #[x_kube(validation = Rule::new("!self.startsWith('hf://') || self.matches('^hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+@[A-Za-z0-9._/-]+$')").message("spec.source.uri: an hf:// source must be hf://<org>/<name>@<revision>, with the revision (a commit or tag) pinned"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('hf://') || self.matches('^hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+@[A-Za-z0-9._/-]+$')").message("spec.source.uri: an hf:// source must be hf://<org>/<name>@<revision>, the revision a commit id (or, where unpinned models are allowed, a branch or tag)"))]
     #[x_kube(validation = Rule::new("!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')").message("spec.source.uri: a pvc:// source must be pvc://<claim-name>/<path inside the volume>"))]
     #[x_kube(validation = Rule::new("!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')").message("spec.source.uri: an s3:// source must be s3://<bucket>/<prefix>"))]
     pub uri: String,
 
-    /// For `hf://` sources: base URL of the in-house Hugging Face mirror to resolve
-    /// against, overriding the operator's default. Must be https.
+    /// For `hf://` sources: base URL of the in-house Hugging Face Hub mirror (what
+    /// `HF_ENDPOINT` would be for the Hub's own clients), overriding the operator's
+    /// `--hf-mirror`. Must be https; `caBundleRef` applies to it, and a token for it is
+    /// `HF_TOKEN` in the Secret named by `credentialsSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://')").message("spec.source.hfMirror must be an https:// URL of an in-house mirror"))]
     pub hf_mirror: Option<String>,
 
     /// Secret with credentials for the source: for s3, keys `AWS_ACCESS_KEY_ID`
-    /// and `AWS_SECRET_ACCESS_KEY`; for https, a bearer `token`.
+    /// and `AWS_SECRET_ACCESS_KEY`; for hf, `HF_TOKEN` (sent to the mirror as a bearer
+    /// token); for https, a bearer `token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<ObjectRef>,
 
