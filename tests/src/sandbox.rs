@@ -1,6 +1,8 @@
 //! Everything around a control plane that makes a deployed model answer: the operator
 //! (with its admission webhook and audit trail), an in-house model mirror serving the real
-//! model files, and the [`PodRunner`] that runs the worker pods the operator renders.
+//! model files over https and a Hugging Face Hub mirror serving them as Hub repositories
+//! (the operator's `--hf-mirror`), and the [`PodRunner`] that runs the worker pods the
+//! operator renders.
 //! Used by the sandbox (`hack/sandbox.sh`) and by the end-to-end test, so the README's
 //! demo and the test exercise the same assembly.
 //!
@@ -19,6 +21,7 @@ use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{Model, ModelDeployment};
 
 use crate::control_plane::free_port;
+use crate::hub_mirror::{HubMirror, Listen};
 use crate::mirror::Mirror;
 use crate::pod_runner::PodRunner;
 use crate::{ControlPlane, crds, rbac};
@@ -60,6 +63,8 @@ impl SandboxOptions {
 pub struct Sandbox {
     /// The in-house model mirror.
     pub mirror: Mirror,
+    /// The in-house Hugging Face Hub mirror `hf://` sources are fetched from.
+    pub hub: HubMirror,
     /// The operator's control-plane audit file.
     pub audit_log: PathBuf,
     pub operator_log: PathBuf,
@@ -98,6 +103,8 @@ impl Sandbox {
         crate::fleet::cordon(client, crate::fleet::CPU_NODE).await?;
 
         let mirror = Mirror::serve(config.models_dir.clone(), options.mirror_ip).await?;
+        let hub =
+            HubMirror::models(&config.models_dir, options.mirror_ip.map_or(Listen::TlsLoopback, Listen::TlsAt)).await?;
         let webhook_port = free_port()?;
         register_webhook(client, webhook_port).await?;
         std::fs::create_dir_all(&config.state_dir)?;
@@ -112,6 +119,7 @@ impl Sandbox {
             .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
             .arg("--webhook-dns-names=127.0.0.1")
             .arg(format!("--analysis-pod-cidrs={}", crate::addresses::served_pods()))
+            .arg(format!("--hf-mirror={}", hub.url))
             .arg(format!("--webhook-cert-dir={}", config.state_dir.join("no-webhook-certs").display()));
         let (operator, operator_log) = cp.start_process("operator", operator)?;
         // Fail-closed webhook: nothing Taimatsu can be applied until the operator serves it.
@@ -134,7 +142,7 @@ impl Sandbox {
                 }
             })
         });
-        Ok(Sandbox { mirror, audit_log, operator_log, operator, pod_runner })
+        Ok(Sandbox { mirror, hub, audit_log, operator_log, operator, pod_runner })
     }
 
     /// examples/quickstart/model.yaml with its source pointed at this sandbox's mirror, and
