@@ -4,6 +4,8 @@
 //! runner, answers a chat completion. Then the mirror serves a tampered file: the next
 //! revision fails with DigestMismatch and serving stays on the first. A Model naming a
 //! branch is refused at reconcile (UnpinnedModel) in a namespace that requires pinning.
+//! Then examples/embeddings/ from `hf://sentence-transformers/all-MiniLM-L6-v2@<commit>`
+//! (thirteen files, one in a subdirectory, git and LFS files) answers /v1/embeddings.
 //! Its own test binary: the sandbox registers a cluster-wide admission webhook.
 
 mod common;
@@ -17,7 +19,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{Model, ModelDeployment, ModelDeploymentStatus};
-use taimatsu_tests::hub_mirror::SMOLLM2;
+use taimatsu_tests::hub_mirror::{MINILM, SMOLLM2};
 use taimatsu_tests::pod_runner::ENDPOINT_ANNOTATION;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig};
 use taimatsu_tests::wait::{is_ready, poll_until};
@@ -125,6 +127,42 @@ async fn the_quickstart_from_an_hf_source_answers_and_a_tampered_mirror_file_is_
         assert!(pods.list(&selector).await.unwrap().items.is_empty(), "nothing may run from a branch here");
     })
     .await;
+    let embeddings = kept.clone();
+    with_namespace("hf-embeddings", move |client, ns| embeddings_from_hf(embeddings, client, ns)).await;
     // The operator lives as long as the sandbox: kept through the test.
     drop(kept);
+}
+
+/// examples/embeddings/ with its Model from the Hub mirror, one replica.
+async fn embeddings_from_hf(sandbox: Arc<Sandbox>, client: kube::Client, ns: String) {
+    const EXAMPLE: &str = "examples/embeddings/minilm.yaml";
+    let params = PatchParams::apply("tests").force();
+    let model = sandbox.hub.example_model(&client, &ns, EXAMPLE, MINILM).await.expect("the embeddings Model");
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    models.patch("all-minilm-l6-v2", &params, &Patch::Apply(&model)).await.expect("apply the Model");
+    let text = std::fs::read_to_string(common::repo_root().join(EXAMPLE)).unwrap();
+    let mut md: Value = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ModelDeployment")
+        .expect("the example's ModelDeployment");
+    md["spec"]["replicas"] = json!(1);
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    mds.patch("minilm-embeddings", &params, &Patch::Apply(&md)).await.expect("apply the ModelDeployment");
+    wait_for(&mds, "minilm-embeddings", "the hf:// embeddings deployment to be Ready", is_ready).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = ListParams::default().labels("taimatsu.dev/model-deployment=minilm-embeddings");
+    let pod = pods.list(&selector).await.unwrap().items.into_iter().next().expect("a worker pod");
+    let endpoint = pod.metadata.annotations.as_ref().and_then(|a| a.get(ENDPOINT_ANNOTATION)).cloned().unwrap();
+    let answer: Value = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{endpoint}/v1/embeddings"))
+            .json(&json!({ "model": "all-minilm-l6-v2", "input": ["Discharge letter, cardiology ward"] }))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+    })
+    .await
+    .unwrap()
+    .expect("embeddings");
+    assert_eq!(answer["data"][0]["embedding"].as_array().map(Vec::len), Some(384), "{answer}");
 }
