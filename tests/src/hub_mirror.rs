@@ -103,6 +103,8 @@ struct Faults {
     foreign_storage: Option<String>,
     /// (repository, path) served with their first byte flipped.
     tampered: HashSet<(String, String)>,
+    /// `X-Repo-Commit` names this commit instead of the repository's.
+    reported_commit: Option<String>,
 }
 
 struct Shared {
@@ -231,6 +233,12 @@ impl HubMirror {
     /// the model API still reports the original hash, as a compromised mirror would.
     pub fn tamper(&self, repo: &str, path: &str) {
         self.faults().tampered.insert((repo.to_owned(), path.to_owned()));
+    }
+
+    /// `X-Repo-Commit` names `commit`, whatever the revision asked for: a mirror that serves
+    /// another history than it claims to.
+    pub fn report_commit(&self, commit: &str) {
+        self.faults().reported_commit = Some(commit.to_owned());
     }
 
     /// Serves every file as it is again.
@@ -416,8 +424,9 @@ async fn resolve(
     let Some(file) = repo.files.iter().find(|f| f.path == path) else {
         return hub_error(StatusCode::NOT_FOUND, Some("EntryNotFound"), "Entry not found");
     };
+    let reported = shared.faults.lock().unwrap_or_else(|p| p.into_inner()).reported_commit.clone();
     let mut out = HeaderMap::new();
-    out.insert("x-repo-commit", HeaderValue::from_str(&repo.commit).expect("hex"));
+    out.insert("x-repo-commit", HeaderValue::from_str(reported.as_ref().unwrap_or(&repo.commit)).expect("hex"));
     if file.lfs {
         let storage = if foreign {
             shared.faults.lock().unwrap_or_else(|p| p.into_inner()).foreign_storage.clone().unwrap_or_default()

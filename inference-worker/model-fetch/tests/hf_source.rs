@@ -145,3 +145,31 @@ async fn a_tampered_file_fails_with_digest_mismatch() {
     assert!(err.to_string().contains("weights/model-00002.safetensors"), "{err}");
     assert!(!work.path().join("dest/weights/model-00002.safetensors").exists());
 }
+
+#[tokio::test]
+async fn a_mirror_answering_another_commit_is_refused() {
+    init_tracing();
+    let work = tempfile::tempdir().unwrap();
+    let (model, hub) = mirrored(work.path(), Listen::PlainLoopback).await;
+    hub.report_commit(&"e".repeat(40));
+    let options = options(work.path(), &model, &hub, &format!("hf://org/m@{COMMIT}"));
+    let err = fetch_with_env(&options, &no_env()).await.unwrap_err();
+    assert!(err.to_string().contains(&format!("resolved commit {COMMIT} to {}", "e".repeat(40))), "{err}");
+    assert_eq!(fetched_files(&work.path().join("dest")), 0);
+}
+
+#[tokio::test]
+async fn a_plain_file_server_is_not_taken_for_a_hub_mirror() {
+    init_tracing();
+    let work = tempfile::tempdir().unwrap();
+    // The files at the Hub's URL layout, but no Hub headers.
+    let model = Model::standard(work.path(), "m");
+    let layout = work.path().join("plain/org/m/resolve");
+    std::fs::create_dir_all(&layout).unwrap();
+    std::os::unix::fs::symlink(work.path().join("source/m"), layout.join(COMMIT)).unwrap();
+    let server = FileServer::start(&work.path().join("plain")).await;
+    let mut options = model.options(format!("hf://org/m@{COMMIT}"), &work.path().join("dest"));
+    options.hf_mirror = Some(format!("http://{}/", server.addr));
+    let err = fetch_with_env(&options, &no_env()).await.unwrap_err();
+    assert!(err.to_string().contains("does not speak the Hugging Face Hub protocol"), "{err}");
+}
