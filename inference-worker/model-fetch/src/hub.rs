@@ -15,12 +15,14 @@
 //! 3. `HF_TOKEN`, when set (from the Secret named by `spec.source.credentialsSecretRef`), is
 //!    sent as a bearer token, as the Hub's clients do.
 //!
-//! Why no Hub client crate: `hf-hub` (the one kept by Hugging Face) downloads into the Hub's
-//! cache layout (`blobs/`, `snapshots/<commit>/` symlinks, `refs/`) and trusts the Hub's
-//! ETags, while the worker's volume must hold exactly the manifest's paths, verified against
-//! the Model's own sha256 list, with partials resumed and redirects kept to the mirror's
-//! host. What the protocol adds to a plain mirror is one revision lookup and a URL layout,
-//! so this module reuses the existing download instead.
+//! Why no Hub client crate: `hf-hub` (the one kept by Hugging Face) takes a custom endpoint,
+//! but downloads into the Hub's cache layout (`blobs/` named by the mirror's ETags,
+//! `snapshots/<commit>/` symlinks, `refs/`) and knows nothing of a manifest of our own, while
+//! the worker's volume must hold exactly the manifest's paths, each verified against the
+//! Model's sha256 list, with partials resumed and redirects kept to the mirror's host (the
+//! existing `download.rs` does all three, for https and S3 already). What the Hub protocol
+//! adds to a plain mirror is one revision lookup and a URL layout, so this module adds only
+//! that.
 
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use reqwest::{Client, RequestBuilder, StatusCode, Url};
