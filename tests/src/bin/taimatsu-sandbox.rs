@@ -1,5 +1,6 @@
 //! The local sandbox: a real control plane with fake GPU nodes (kwok), an in-house HTTPS
-//! model mirror, and the operator; then the examples, with the quickstart (and, on the pod
+//! model mirror (and, in `local` mode, a Hugging Face Hub mirror: `hub.url`, `hub-ca.pem`),
+//! and the operator; then the examples, with the quickstart (and, on the pod
 //! runner, the embeddings) model served for real. Kept running until SIGINT/SIGTERM.
 //! Started by `hack/sandbox.sh up`, which waits for the `ready` file this writes and then
 //! runs the demo.
@@ -174,6 +175,10 @@ async fn main() -> anyhow::Result<()> {
         };
         let sandbox = Sandbox::start_with(&cp, &client, config, SandboxOptions::pod_runner()).await?;
         println!("operator log: {}", sandbox.operator_log.display());
+        // For `kubectl taimatsu model manifest hf://… --mirror "$(cat hub.url)" --ca hub-ca.pem`.
+        println!("Hugging Face Hub mirror (the operator's --hf-mirror): {}", sandbox.hub.url);
+        std::fs::write(dir.join("hub.url"), &sandbox.hub.url)?;
+        std::fs::write(dir.join("hub-ca.pem"), sandbox.hub.ca_pem.as_deref().unwrap_or_default())?;
         std::fs::write(dir.join("audit.path"), sandbox.audit_log.display().to_string())?;
         (Some(sandbox), None)
     };
