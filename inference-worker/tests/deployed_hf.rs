@@ -5,7 +5,9 @@
 //! revision fails with DigestMismatch and serving stays on the first. A Model naming a
 //! branch is refused at reconcile (UnpinnedModel) in a namespace that requires pinning.
 //! Then examples/embeddings/ from `hf://sentence-transformers/all-MiniLM-L6-v2@<commit>`
-//! (thirteen files, one in a subdirectory, git and LFS files) answers /v1/embeddings.
+//! (thirteen files, one in a subdirectory, git and LFS files) answers /v1/embeddings. Last,
+//! in a namespace labelled to allow unpinned models, a Model naming `main` is served: the
+//! fetch step gets `--allow-branch-revision` and resolves the branch to the mirror's commit.
 //! Its own test binary: the sandbox registers a cluster-wide admission webhook.
 
 mod common;
@@ -129,6 +131,8 @@ async fn the_quickstart_from_an_hf_source_answers_and_a_tampered_mirror_file_is_
     .await;
     let embeddings = kept.clone();
     with_namespace("hf-embeddings", move |client, ns| embeddings_from_hf(embeddings, client, ns)).await;
+    let branch = kept.clone();
+    with_namespace("hf-branch-allowed", move |client, ns| branch_where_allowed(branch, client, ns)).await;
     // The operator lives as long as the sandbox: kept through the test.
     drop(kept);
 }
@@ -165,4 +169,47 @@ async fn embeddings_from_hf(sandbox: Arc<Sandbox>, client: kube::Client, ns: Str
     .unwrap()
     .expect("embeddings");
     assert_eq!(answer["data"][0]["embedding"].as_array().map(Vec::len), Some(384), "{answer}");
+}
+
+/// The quickstart from `hf://…@main` in a namespace that allows unpinned models.
+async fn branch_where_allowed(sandbox: Arc<Sandbox>, client: kube::Client, ns: String) {
+    let params = PatchParams::apply("tests").force();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "taimatsu.dev/allow-unpinned-models": "true" } } });
+    namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(label)).await.expect("label the namespace");
+    let mut model = sandbox.hub.example_model(&client, &ns, "examples/quickstart/model.yaml", SMOLLM2).await.unwrap();
+    model["spec"]["source"]["uri"] = json!(format!("hf://{}@main", SMOLLM2.id));
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    models.patch("smollm2-135m-instruct", &params, &Patch::Apply(&model)).await.expect("Model");
+    let text = std::fs::read_to_string(common::repo_root().join("examples/quickstart/deployment.yaml")).unwrap();
+    let md: Value = serde_yaml::from_str(&text).unwrap();
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    mds.patch(DEPLOYMENT, &params, &Patch::Apply(&md)).await.expect("ModelDeployment");
+
+    // The operator reads namespace labels from its cache and is not woken by them: while it
+    // still reports the branch as unpinned, a changed annotation asks it to look again.
+    let mut bumps = 0;
+    let ready =
+        poll_until("the branch to be served where unpinned models are allowed", Duration::from_secs(300), || {
+            bumps += 1;
+            let (mds, bump) = (mds.clone(), bumps);
+            async move {
+                let status = mds.get(DEPLOYMENT).await?.status.unwrap_or_default();
+                if status.conditions.iter().any(|c| c.reason == "UnpinnedModel") {
+                    let poke =
+                        json!({ "metadata": { "annotations": { "tests.taimatsu.dev/reconcile": bump.to_string() } } });
+                    mds.patch(DEPLOYMENT, &PatchParams::default(), &Patch::Merge(poke)).await?;
+                }
+                Ok(is_ready(&status).then_some(status))
+            }
+        })
+        .await;
+    if let Err(e) = ready {
+        panic!("{e:#}; status: {:#?}", mds.get(DEPLOYMENT).await.ok().and_then(|m| m.status));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = ListParams::default().labels(&format!("taimatsu.dev/model-deployment={DEPLOYMENT}"));
+    let pod = pods.list(&selector).await.unwrap().items.into_iter().next().expect("a worker pod");
+    let args = pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0].args.clone().unwrap_or_default();
+    assert!(args.contains(&"--allow-branch-revision".to_owned()), "{args:?}");
 }
