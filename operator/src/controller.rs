@@ -19,6 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 use tracing::{Instrument, warn};
 
+use crate::api_client;
 use crate::build::{self, labels};
 use crate::cache::{self, Meta, Writers};
 use crate::context::{Context, Guarded};
@@ -42,8 +43,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let wc = watcher::Config::default().any_semantic();
-    let owned = watcher::Config::default().labels(labels::DEPLOYMENT_LABEL);
+    let wc = api_client::watch_config().any_semantic();
+    let owned = api_client::watch_config().labels(labels::DEPLOYMENT_LABEL);
     // Every change of a ModelDeployment triggers, its status too: a rollout step may wait
     // for the next reconcile, and the operator's own status write is what brings it.
     let (store, mds_writer) = reflector::store();
@@ -74,7 +75,7 @@ pub async fn run(
     let budgets = owned_metadata::<PodDisruptionBudget>(&ctx, owned.clone(), budgets);
     let accounts = owned_metadata::<ServiceAccount>(&ctx, owned.clone(), accounts);
     // Namespaces trigger nothing: a label change there takes effect at the next reconcile.
-    let namespaces = cache::metadata::<Namespace>(client.clone(), watcher::Config::default(), namespaces, |_| false);
+    let namespaces = cache::metadata::<Namespace>(client.clone(), api_client::watch_config(), namespaces, |_| false);
     let pods = cache::full(Api::<Pod>::all(client.clone()), owned, pods, cache::trim_pod, |_| true);
     controller
         .owns_stream(deployments)

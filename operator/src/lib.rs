@@ -4,6 +4,7 @@
 //! status code.
 
 pub mod analysis;
+pub mod api_client;
 pub mod apply;
 pub mod audit;
 pub mod build;

@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = taimatsu_telemetry::init("taimatsu-operator", format, "info,kube=warn");
     let identity = args.identity.clone().unwrap_or_else(|| format!("taimatsu-operator-{}", std::process::id()));
 
-    let client = kube::Client::try_default().await?;
+    let client = taimatsu_operator::api_client::client().await?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));

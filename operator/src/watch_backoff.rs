@@ -6,9 +6,8 @@
 //! server no longer has, which forces a relist), each waiting out a grown delay. Seen in
 //! tests/leader_restart.rs: caches stale for over a minute after an API server restart. The
 //! leader runs a handful of watches, so retrying every few seconds during an outage costs
-//! the API server nothing; the cap is 5 s. (It does not explain everything seen there: an
-//! object created just before the kill still went unseen 40–80 s after the restart, which
-//! is not yet understood; see the issue note.)
+//! the API server nothing; the cap is 5 s. (What else kept caches stale there, requests the
+//! API server never answered, is bounded in [`crate::api_client`].)
 
 use std::time::Duration;
 

@@ -3,8 +3,10 @@
 //! neither process exits, the rollout in progress completes, one leader holds the Lease,
 //! and the audit chain records every decision once. Down for longer than the Lease: the
 //! leader stops at its renew deadline, exactly one leader resumes, and the chain still
-//! verifies across both. Its own test binary: it kills components of its control plane;
-//! the scenarios take turns ([`SERIAL`]), each with its own replicas and Lease.
+//! verifies across both. Each scenario runs on a control plane of its own ([`Scenario`]):
+//! it kills components, and Kubernetes' own clients come out of a restart with grown retry
+//! delays that the next scenario would otherwise inherit. They take turns ([`SERIAL`]): the
+//! Lease timings are tight for two cores.
 
 mod common;
 
@@ -16,15 +18,43 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use kube::{Api, Client};
 use serde_json::json;
 use taimatsu_crds::v1alpha1::ModelDeployment;
+use taimatsu_tests::ControlPlane;
 use taimatsu_tests::control_plane::free_port;
+use taimatsu_tests::namespace::create_namespace;
 use taimatsu_tests::wait::poll_until;
-use taimatsu_tests::{ControlPlane, with_namespace};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use common::*;
 
-/// One scenario at a time: each stops a component every other one depends on.
+/// One scenario at a time: the Lease timings leave no room for two on this machine.
 static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// How long the cluster may take to settle after a component is back. Not the operator's
+/// recovery (its watches retry within 5 s, see operator/src/watch_backoff.rs) but
+/// Kubernetes': kube-controller-manager, the scheduler and kwok retry broken watches with
+/// client-go's backoff (up to 30 s, doubled by jitter), and after an etcd restart
+/// kube-apiserver's own watch cache was seen to resume 57 s late, with every watcher,
+/// kube-controller-manager's included, seeing nothing meanwhile.
+const SETTLE: Duration = Duration::from_secs(180);
+
+/// A scenario's turn and its own control plane, stopped when dropped.
+struct Scenario {
+    cp: ControlPlane,
+    client: Client,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    async fn start() -> Scenario {
+        let turn = SERIAL.lock().await;
+        let cp = ControlPlane::start().await.expect("the scenario's control plane");
+        let client = cp.client().await.expect("admin client");
+        // On this control plane, not only on the binary's first (which is all
+        // `ensure_installed`, in `prepare`, remembers).
+        taimatsu_tests::crds::install(&client).await.expect("CRDs");
+        Scenario { cp, client, _turn: turn }
+    }
+}
 
 /// Two operator replicas with the Lease timing of [`Timing`]. Killed when dropped, so no
 /// scenario's replicas reconcile in the next one.
@@ -108,11 +138,13 @@ fn start_replica(
     (identity.to_owned(), cp.start_process(identity, cmd).unwrap().0)
 }
 
-/// Starts a rollout of a new ModelDeployment in `ns`, stops `component` for `down` while it
-/// is in progress, and waits until the rollout has completed.
-async fn rollout_across_restart(client: Client, ns: String, component: &'static str, down: Duration) {
-    create_model(&client, &ns, "qwen", "7.6B").await;
-    apply_deployment(&client, &ns, "steady", "qwen", "awq", json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }))
+/// Starts a rollout of a new ModelDeployment in a namespace of its own, stops `component`
+/// for `down` while it is in progress, and waits until the rollout has completed.
+async fn rollout_across_restart(scenario: &Scenario, test: &str, component: &str, down: Duration) {
+    let client = &scenario.client;
+    let ns = create_namespace(client, test).await;
+    create_model(client, &ns, "qwen", "7.6B").await;
+    apply_deployment(client, &ns, "steady", "qwen", "awq", json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }))
         .await;
     // In progress: the leader has seen the deployment and started its rollout.
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
@@ -121,12 +153,12 @@ async fn rollout_across_restart(client: Client, ns: String, component: &'static 
     })
     .await
     .unwrap();
-    ControlPlane::shared().await.kill_and_restart(component, down).await.unwrap();
-    wait_reason(&client, &ns, "steady", "Ready", "Available").await;
+    scenario.cp.kill_and_restart(component, down).await.unwrap();
+    wait_reason_within(client, &ns, "steady", "Ready", "Available", SETTLE).await;
 }
 
-/// The records of the whole control-plane chain (every replica's file of every scenario is
-/// a segment of it), after checking that the segments join without a fork or gap and verify.
+/// The records of the scenario's whole chain (each replica's file is a segment of it),
+/// after checking that the segments join without a fork or gap and verify.
 fn whole_chain(cp: &ControlPlane) -> Vec<serde_json::Value> {
     let segments: Vec<Vec<u8>> = std::fs::read_dir(cp.dir().join("audit"))
         .unwrap()
@@ -153,17 +185,15 @@ fn assert_decisions_once(records: &[serde_json::Value], test: &str) {
 
 /// A pause shorter than the renew deadline: nobody exits, the same leader renews again.
 async fn ride_out_short_restart(component: &'static str, lease: &'static str) {
-    let _turn = SERIAL.lock().await;
-    let cp = ControlPlane::shared().await;
-    let client = cp.client().await.unwrap();
+    let scenario = Scenario::start().await;
+    let (cp, client) = (&scenario.cp, &scenario.client);
     let mut replicas = Replicas::start(cp, lease, ROOMY).await;
-    let leader = replicas.wait_for_holder(&client, None).await;
+    let leader = replicas.wait_for_holder(client, None).await;
 
     // Down for 6 s, renewals failing meanwhile: shorter than the renew deadline.
-    with_namespace(lease, move |client, ns| rollout_across_restart(client, ns, component, Duration::from_secs(6)))
-        .await;
+    rollout_across_restart(&scenario, lease, component, Duration::from_secs(6)).await;
 
-    replicas.wait_for_renewal_by(&client, &leader).await;
+    replicas.wait_for_renewal_by(client, &leader).await;
     replicas.assert_all_running();
     assert_decisions_once(&whole_chain(cp), lease);
 }
@@ -183,44 +213,32 @@ async fn an_etcd_restart_shorter_than_the_renew_deadline_stops_no_operator() {
 #[tokio::test]
 #[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
 async fn after_an_outage_longer_than_the_lease_exactly_one_leader_resumes() {
-    let _turn = SERIAL.lock().await;
-    let cp = ControlPlane::shared().await;
-    let client = cp.client().await.unwrap();
+    let scenario = Scenario::start().await;
+    let (cp, client) = (&scenario.cp, &scenario.client);
     let mut replicas = Replicas::start(cp, "long-outage", PRODUCTION).await;
-    let leader = replicas.wait_for_holder(&client, None).await;
+    let leader = replicas.wait_for_holder(client, None).await;
     let standby = replicas.running.iter().map(|(id, _)| id.clone()).find(|id| *id != leader).unwrap();
 
     // Down for 20 s: past the leader's 10 s renew deadline and its 15 s Lease.
-    with_namespace("long-outage", move |client, ns| {
-        rollout_across_restart(client, ns, "kube-apiserver", Duration::from_secs(20))
-    })
-    .await;
+    rollout_across_restart(&scenario, "long-outage", "kube-apiserver", Duration::from_secs(20)).await;
 
     // The leader stopped at its renew deadline (it could not know whether the Lease was
-    // still its own); the standby, which never led, took the expired Lease over.
+    // still its own); the standby, which never led, took the expired Lease over. (The
+    // Lease still names the old leader until the standby's next round.)
     let index = replicas.running.iter().position(|(id, _)| *id == leader).unwrap();
     let status = replicas.running[index].1.try_wait().unwrap();
     assert!(status.is_some_and(|s| !s.success()), "the old leader exits non-zero to be restarted: {status:?}");
-    assert_eq!(replicas.wait_for_holder(&client, None).await, standby, "the standby leads");
-    with_namespace("after-outage", |client, ns| async move {
-        create_model(&client, &ns, "qwen", "7.6B").await;
-        apply_deployment(
-            &client,
-            &ns,
-            "next",
-            "qwen",
-            "awq",
-            json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }),
-        )
+    replicas.wait_for_holder(client, Some(&standby)).await;
+    let ns = create_namespace(client, "after-outage").await;
+    create_model(client, &ns, "qwen", "7.6B").await;
+    apply_deployment(client, &ns, "next", "qwen", "awq", json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }))
         .await;
-        wait_reason(&client, &ns, "next", "Ready", "Available").await;
-    })
-    .await;
+    wait_reason_within(client, &ns, "next", "Ready", "Available", SETTLE).await;
 
     // Restarted (as its pod would be), the old leader campaigns again and stays a standby.
     replicas.running[index] = start_replica(cp, "long-outage", replicas.timing, &leader);
-    replicas.wait_for_renewal_by(&client, &standby).await;
-    replicas.wait_for_renewal_by(&client, &standby).await;
+    replicas.wait_for_renewal_by(client, &standby).await;
+    replicas.wait_for_renewal_by(client, &standby).await;
     replicas.assert_all_running();
 
     // One chain across the two leaders: the standby's segment continues the old leader's.

@@ -65,6 +65,21 @@ const KWOK_RESTARTS: u32 = 3;
 // A failed start is kept too, so the other tests report it instead of retrying.
 static SHARED: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
 
+/// A control plane a test started for itself stops with it; the shared one (a static)
+/// lives as long as the test binary, whose exit kills it (parent-death signal).
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let children = match self.children.get_mut() {
+            Ok(children) => children,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for component in children.iter_mut() {
+            let _ = component.child.kill();
+            let _ = component.child.wait();
+        }
+    }
+}
+
 impl ControlPlane {
     /// The control plane of this test binary, started on first use.
     pub async fn shared() -> &'static ControlPlane {

@@ -22,12 +22,7 @@ where
     let cp = ControlPlane::shared().await;
     let client = cp.client().await.expect("admin client");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": { "generateName": format!("{}-", test.replace('_', "-")), "labels": { TEST_LABEL: test.replace('_', "-") } }
-    }))
-    .expect("namespace object");
-    let created = namespaces.create(&PostParams::default(), &ns).await.expect("create test namespace");
-    let name = created.metadata.name.expect("generated name");
+    let name = create_namespace(&client, test).await;
 
     let outcome = tokio::spawn(body(client.clone(), name.clone())).await;
     // Deletion is asynchronous (the namespace controller empties it); not waited on.
@@ -38,4 +33,17 @@ where
             Err(e) => panic!("test task in namespace {name} failed: {e}"),
         }
     }
+}
+
+/// Creates a namespace named after `test` (with a random suffix) and labelled with
+/// [`TEST_LABEL`]; returns its name. For a control plane of the test's own, discarded
+/// whole afterwards; on the shared one, [`with_namespace`] also removes it.
+pub async fn create_namespace(client: &Client, test: &str) -> String {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": { "generateName": format!("{}-", test.replace('_', "-")), "labels": { TEST_LABEL: test.replace('_', "-") } }
+    }))
+    .expect("namespace object");
+    let created = namespaces.create(&PostParams::default(), &ns).await.expect("create test namespace");
+    created.metadata.name.expect("generated name")
 }

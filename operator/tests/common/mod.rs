@@ -146,12 +146,24 @@ pub async fn apply_deployment(
 
 /// Waits until condition `type_` of the ModelDeployment has `reason`.
 pub async fn wait_reason(client: &Client, ns: &str, name: &str, type_: &str, reason: &str) -> ModelDeployment {
+    wait_reason_within(client, ns, name, type_, reason, Duration::from_secs(90)).await
+}
+
+/// [`wait_reason`] for at most `timeout`.
+pub async fn wait_reason_within(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    timeout: Duration,
+) -> ModelDeployment {
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
     let cond = |md: Option<&ModelDeployment>| {
         md.and_then(|m| m.status.as_ref())
             .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_ && c.reason == reason))
     };
-    let found = tokio::time::timeout(Duration::from_secs(90), await_condition(mds.clone(), name, cond)).await;
+    let found = tokio::time::timeout(timeout, await_condition(mds.clone(), name, cond)).await;
     match found {
         Ok(Ok(Some(md))) => md,
         other => {
