@@ -4,6 +4,7 @@
 
 pub mod address_scope;
 pub mod audit_chain;
+pub mod egress_ranges;
 pub mod engine;
 pub mod file_verify;
 pub mod hf;
@@ -15,6 +16,7 @@ pub mod quantization;
 pub mod vllm;
 
 pub use address_scope::{AddressScope, OutOfScope, ScopeParseError};
+pub use egress_ranges::{EgressRangeError, EgressRanges, EgressRangesParseError};
 pub use engine::EngineKind;
 pub use file_verify::{VerifiedModel, VerifyError, sha256_file, verify_dir};
 pub use hf::HfSource;
