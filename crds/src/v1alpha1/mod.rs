@@ -10,7 +10,8 @@ pub use common::{ObjectRef, SecretKeyRef};
 pub use model::{Model, ModelFile, ModelSignature, ModelSource, ModelSpec, ModelStatus, SignatureFormat};
 pub use model_deployment::{
     AccessSpec, AnalysisSpec, AuditLevel, AuditSpec, CHANGE_CAUSE_ANNOTATION, EgressMode, EgressSpec, EngineSpec,
-    ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, Placement, RollbackSpec, RolloutSpec, RolloutStrategy,
+    IngressSpec, ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus, Placement, RollbackSpec, RolloutSpec,
+    RolloutStrategy,
 };
 pub use taimatsu_core::{EngineKind, KvCacheDtype, ModelFormat, Quantization};
 

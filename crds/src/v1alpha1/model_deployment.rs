@@ -367,9 +367,26 @@ pub struct AccessSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
 
+    /// Who may reach the workers' API port.
+    #[serde(default)]
+    pub ingress: IngressSpec,
+
     /// Egress from worker pods.
     #[serde(default)]
     pub egress: EgressSpec,
+}
+
+/// Ingress to worker pods. The operator (rollout analysis) and the namespaces the platform
+/// team configures (an ingress controller's, a monitoring one's) are always let in besides.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Namespaces whose pods may call the API port (8000). Empty (the default): only this
+    /// ModelDeployment's own namespace. The metrics port (9090) is never opened here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("spec.access.ingress.fromNamespaces: every entry must be a namespace name such as team-a"))]
+    pub from_namespaces: Vec<String>,
 }
 
 /// Egress from worker pods.
@@ -382,10 +399,12 @@ pub struct EgressSpec {
     pub mode: EgressMode,
 
     /// Address ranges of the model source or mirror that workers may reach when
-    /// restricted, e.g. `10.20.0.0/16`.
+    /// restricted, e.g. `10.20.0.0/16`, on the source's port only. Each must lie inside
+    /// the ranges the operator allows (its `--egress-allowed-cidrs`); /0 is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.access.egress.allowedCidrs: every entry must be a CIDR such as 10.20.0.0/16"))]
+    #[x_kube(validation = Rule::new("self.all(c, !isCIDR(c) || cidr(c).prefixLength() != 0)").message("spec.access.egress.allowedCidrs: a /0 range opens every address: name the model mirror's range, e.g. 10.20.0.0/16 (the operator also refuses ranges outside its --egress-allowed-cidrs)"))]
     pub allowed_cidrs: Vec<String>,
 }
 
