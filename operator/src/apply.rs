@@ -138,16 +138,15 @@ pub struct ChildWriter<'a> {
 
 impl ChildWriter<'_> {
     /// Server-side applies every child (skipping those already as desired) and returns the
-    /// worker Deployment as applied. Destructured without `..`: a new child kind must be
-    /// handled here.
+    /// worker Deployment as applied. The NetworkPolicies go first, so that no worker pod
+    /// ever runs without them. Destructured without `..`: a new child kind must be handled
+    /// here.
     pub async fn apply_all(&self, ns: &str, name: &str, children: Children) -> Result<Deployment, Error> {
-        let Children { service_account, manifest, workload, service, egress_policy, disruption_budget } = children;
+        let Children { service_account, manifest, workload, service, ingress_policy, egress_policy, disruption_budget } =
+            children;
         let (client, caches) = (self.client, self.caches);
-        self.apply(&Api::namespaced(client.clone(), ns), &service_account, &caches.accounts).await?;
-        self.apply(&Api::namespaced(client.clone(), ns), &manifest, &caches.manifests).await?;
-        let applied = self.apply_workload(ns, &workload).await?;
-        self.apply(&Api::namespaced(client.clone(), ns), &service, &caches.services).await?;
         let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+        self.apply(&policies, &ingress_policy, &caches.policies).await?;
         match egress_policy {
             Some(policy) => self.apply(&policies, &policy, &caches.policies).await?,
             None => {
@@ -158,6 +157,10 @@ impl ChildWriter<'_> {
                 }
             }
         }
+        self.apply(&Api::namespaced(client.clone(), ns), &service_account, &caches.accounts).await?;
+        self.apply(&Api::namespaced(client.clone(), ns), &manifest, &caches.manifests).await?;
+        let applied = self.apply_workload(ns, &workload).await?;
+        self.apply(&Api::namespaced(client.clone(), ns), &service, &caches.services).await?;
         self.apply(&Api::namespaced(client.clone(), ns), &disruption_budget, &caches.budgets).await?;
         Ok(applied)
     }

@@ -177,11 +177,14 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     // Dereference and validate (pure): what the spec resolves to. A pin names a recorded
-    // revision, which was validated when it was recorded.
-    let (target, spec) = match md.spec.rollback.to_revision {
-        Some(n) => (Target::Pinned(n), None),
-        None => resolve(md, ctx),
-    };
+    // revision, which was validated when it was recorded; the policy check covers what the
+    // current spec adds to every revision (its NetworkPolicies).
+    let (target, spec) =
+        match (validate::check_policy(md, &ctx.settings.network.egress_allowed), md.spec.rollback.to_revision) {
+            (Err(violation), _) => (Target::Blocked(violation), None),
+            (Ok(()), Some(n)) => (Target::Pinned(n), None),
+            (Ok(()), None) => resolve(md, ctx),
+        };
     // Decide, then build → apply → report what was decided, one decision at a time, until
     // one ends the reconcile.
     let mut rollout = Rollout::start(md, ctx, target, spec).await?;

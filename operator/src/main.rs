@@ -1,5 +1,6 @@
 //! taimatsu-operator: reconciles ModelDeployments into inference-worker workloads.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +11,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use taimatsu_core::AddressScope;
+use taimatsu_core::{AddressScope, EgressRanges};
 use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
+use taimatsu_operator::build::NetworkSettings;
 use taimatsu_operator::webhook::{self, Requesters, TlsSettings, WebhookConfig};
 use taimatsu_operator::{build, context, controller, leader, metrics};
 use taimatsu_telemetry::LogFormat;
@@ -44,12 +46,12 @@ struct Args {
     /// Seconds without renewal after which another replica takes over.
     #[arg(long, env = "TAIMATSU_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
-    /// Log format: json (default, for log pipelines) or text.
     /// How long the leader keeps leading while its Lease renewals fail (an API server
     /// restart), counted from its last successful renewal; below the lease duration.
     /// Default: two thirds of it (10 s of 15 s, as client-go).
     #[arg(long, env = "TAIMATSU_LEASE_RENEW_DEADLINE_SECONDS")]
     lease_renew_deadline_seconds: Option<u64>,
+    /// Log format: json (default, for log pipelines) or text.
     #[arg(long, env = "TAIMATSU_LOG_FORMAT", default_value = "json")]
     log_format: String,
     /// Control-plane audit file (JSON lines, hash-chained), on a persistent volume in
@@ -79,15 +81,71 @@ struct Args {
         default_value = "taimatsu-operator-webhook.taimatsu-system.svc"
     )]
     webhook_dns_names: Vec<String>,
-    /// The ValidatingWebhookConfiguration whose caBundle receives a generated CA.
     /// The pod addresses rollout analysis may contact, as comma-separated CIDR blocks: the
     /// cluster's pod network (e.g. 10.244.0.0/16). A pod whose reported IP lies outside
     /// fails its analysis without being contacted. Empty: any pod IP, except addresses no
     /// pod has (link-local, where metadata services live; unspecified; multicast).
     #[arg(long, env = "TAIMATSU_ANALYSIS_POD_CIDRS", default_value = "", value_parser = parse_scope)]
     analysis_pod_cidrs: AddressScope,
+    /// The ValidatingWebhookConfiguration whose caBundle receives a generated CA.
     #[arg(long, env = "TAIMATSU_WEBHOOK_CONFIGURATION", default_value = "taimatsu-operator")]
     webhook_configuration: String,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+/// What the worker NetworkPolicies let through besides the spec (see docs/install.md).
+#[derive(Debug, clap::Args)]
+struct NetworkArgs {
+    /// Labels of the operator's own pods (`k=v,k=v`), which worker pods admit on their API
+    /// and metrics ports for rollout analysis. Their namespace is --lease-namespace.
+    #[arg(long, env = "TAIMATSU_OPERATOR_POD_LABELS", default_value = "app.kubernetes.io/name=taimatsu", value_parser = parse_labels)]
+    operator_pod_labels: Labels,
+    /// A namespace (an ingress controller's, a gateway's) whose pods may call every
+    /// deployment's API port (8000). Repeat or separate with commas.
+    #[arg(long = "ingress-namespace", env = "TAIMATSU_INGRESS_NAMESPACES", value_delimiter = ',')]
+    ingress_namespaces: Vec<String>,
+    /// A namespace whose pods may scrape the workers' metrics port (9090), which has no
+    /// authentication. Repeat or separate with commas.
+    #[arg(long = "monitoring-namespace", env = "TAIMATSU_MONITORING_NAMESPACES", value_delimiter = ',')]
+    monitoring_namespaces: Vec<String>,
+    /// Namespace of the cluster DNS pods, the only DNS servers workers may query.
+    #[arg(long, env = "TAIMATSU_DNS_NAMESPACE", default_value = "kube-system")]
+    dns_namespace: String,
+    /// Labels of the cluster DNS pods (`k=v,k=v`).
+    #[arg(long, env = "TAIMATSU_DNS_POD_LABELS", default_value = "k8s-app=kube-dns", value_parser = parse_labels)]
+    dns_pod_labels: Labels,
+    /// Address ranges of the model mirrors (comma-separated CIDR blocks), opened to workers
+    /// on their model source's port: needed when sources are named by host name.
+    #[arg(long, env = "TAIMATSU_MIRROR_CIDRS", default_value = "", value_parser = parse_cidrs)]
+    mirror_cidrs: Cidrs,
+    /// The ranges users may open with spec.access.egress.allowedCidrs (comma-separated CIDR
+    /// blocks); a requested range must lie inside one. Empty: none may be opened.
+    #[arg(long, env = "TAIMATSU_EGRESS_ALLOWED_CIDRS", default_value = "", value_parser = parse_egress_ranges)]
+    egress_allowed_cidrs: EgressRanges,
+}
+
+/// Parsed `k=v,k=v` labels (a newtype: clap would read a bare map as repeated values).
+#[derive(Clone, Debug)]
+struct Labels(BTreeMap<String, String>);
+
+/// Validated CIDR blocks, kept as written for the NetworkPolicies.
+#[derive(Clone, Debug)]
+struct Cidrs(Vec<String>);
+
+impl NetworkArgs {
+    fn settings(&self, operator_namespace: &str) -> NetworkSettings {
+        NetworkSettings {
+            operator_namespace: operator_namespace.to_owned(),
+            operator_pod_labels: self.operator_pod_labels.0.clone(),
+            ingress_namespaces: self.ingress_namespaces.clone(),
+            monitoring_namespaces: self.monitoring_namespaces.clone(),
+            dns_namespace: self.dns_namespace.clone(),
+            dns_pod_labels: self.dns_pod_labels.0.clone(),
+            mirror_cidrs: self.mirror_cidrs.0.clone(),
+            egress_allowed: self.egress_allowed_cidrs.clone(),
+        }
+    }
 }
 
 #[tokio::main]
@@ -127,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
                     dns_names: args.webhook_dns_names.clone(),
                     configuration: args.webhook_configuration.clone(),
                 },
+                egress_allowed: args.network.egress_allowed_cidrs.clone(),
             };
             Some(webhook::serve(client.clone(), config, audit.clone(), requesters.clone()).await?)
         }
@@ -150,7 +209,8 @@ async fn main() -> anyhow::Result<()> {
     }
     info!(%identity, "leading: starting the controller");
 
-    let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror };
+    let network = args.network.settings(&args.lease_namespace);
+    let settings = build::Settings { worker_image: args.worker_image, hf_mirror: args.hf_mirror, network };
     let (ctx, writers) =
         context::Context::new(client, settings, metrics, &identity, audit, requesters, args.analysis_pod_cidrs);
     let mut lost = leading.clone();
@@ -229,6 +289,32 @@ impl Args {
 
 fn parse_scope(list: &str) -> Result<AddressScope, String> {
     AddressScope::parse_list(list).map_err(|e| e.to_string())
+}
+
+fn parse_egress_ranges(list: &str) -> Result<EgressRanges, String> {
+    EgressRanges::parse_list(list).map_err(|e| e.to_string())
+}
+
+fn parse_cidrs(list: &str) -> Result<Cidrs, String> {
+    AddressScope::parse_list(list).map_err(|e| e.to_string())?;
+    Ok(Cidrs(list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect()))
+}
+
+/// `k=v,k=v`; at least one label, since an empty selector would match every pod.
+fn parse_labels(list: &str) -> Result<Labels, String> {
+    let labels = list
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(format!("{pair:?} is not a label: write key=value, e.g. app.kubernetes.io/name=taimatsu")),
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    if labels.is_empty() {
+        return Err("give at least one key=value label: an empty selector would select every pod".into());
+    }
+    Ok(Labels(labels))
 }
 
 async fn shutdown_signal() {

@@ -25,6 +25,8 @@ pub enum Reason {
     AnalysisFailed,
     RevisionNotFound,
     InvalidSpec,
+    /// The spec asks for what the operator's policy does not allow.
+    PolicyViolation,
     // Reasons of Events only.
     RevisionCreated,
     RolloutStarted,
@@ -54,6 +56,7 @@ impl Reason {
             Reason::AnalysisFailed => "AnalysisFailed",
             Reason::RevisionNotFound => "RevisionNotFound",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::PolicyViolation => "PolicyViolation",
             Reason::RevisionCreated => "RevisionCreated",
             Reason::RolloutStarted => "RolloutStarted",
             Reason::RolloutSucceeded => "RolloutSucceeded",

@@ -1,7 +1,7 @@
 //! Checks that need other objects, which CEL cannot see. Pure: the caller fetches.
 
 use taimatsu_core::memory_fit::{self, FitInput};
-use taimatsu_core::{EngineKind, HfSource, ManifestEntry, ParameterCount, manifest_digest};
+use taimatsu_core::{EgressRanges, EngineKind, HfSource, ManifestEntry, ParameterCount, manifest_digest};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 
 use crate::status::Reason;
@@ -37,6 +37,16 @@ pub fn model_not_found(md: &ModelDeployment) -> Blocked {
             md.spec.model_ref.name
         ),
     )
+}
+
+/// Checks what the spec asks of the operator's policy, whatever revision it targets (a
+/// pinned rollback too: the NetworkPolicies are built from the current spec): every
+/// `allowedCidrs` entry inside the ranges the operator allows. The admission webhook makes
+/// the same check; this one holds when the webhook is off or fails open.
+pub fn check_policy(md: &ModelDeployment, egress_allowed: &EgressRanges) -> Result<(), Blocked> {
+    egress_allowed
+        .check(&md.spec.access.egress.allowed_cidrs)
+        .map_err(|e| blocked(Reason::PolicyViolation, format!("{e}; nothing is rolled out until the spec is fixed")))
 }
 
 /// Validates the references of `md`.
@@ -198,6 +208,21 @@ mod tests {
         }
         let pinned = with_source(&format!("hf://org/m@{}", "0a".repeat(20)));
         assert!(check(&cpu, Some(&pinned), None, false).is_ok());
+    }
+
+    #[test]
+    fn allowed_cidrs_outside_the_operator_ranges_are_a_policy_violation() {
+        let mut cpu = md("builtin", "q4_0", json!(null));
+        let ranges = EgressRanges::parse_list("10.0.0.0/8").unwrap();
+        assert_eq!(check_policy(&cpu, &ranges), Ok(()));
+        cpu.spec.access.egress.allowed_cidrs = vec!["10.1.0.0/16".into(), "0.0.0.0/0".into()];
+        let refused = check_policy(&cpu, &ranges).unwrap_err();
+        assert_eq!(refused.reason, Reason::PolicyViolation);
+        assert!(
+            refused.message.starts_with("spec.access.egress.allowedCidrs[1]: 0.0.0.0/0 opens every address"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]

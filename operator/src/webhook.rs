@@ -1,9 +1,10 @@
 //! The validating admission webhook that records who changes what: every create, update
 //! and delete of a ModelDeployment or Model passes through it, and its requesting user,
 //! groups, operation and change-cause are appended to the control-plane audit chain
-//! before the API server commits the change. It never judges the object (CEL and the
-//! reconciler do that): it denies only when the change cannot be audited, so nothing
-//! changes unrecorded. With the webhook down, the ValidatingWebhookConfiguration's
+//! before the API server commits the change. It judges one thing CEL cannot: that a
+//! ModelDeployment's `allowedCidrs` lie inside the ranges the operator allows (the
+//! reconciler checks again, since a webhook can be fail-open). Otherwise it denies only
+//! when the change cannot be audited, so nothing changes unrecorded. With the webhook down, the ValidatingWebhookConfiguration's
 //! failurePolicy decides: `Fail` (the chart's default, fail-closed) or `Ignore`.
 //!
 //! Every replica serves it (the Service spreads requests), and every replica appends to
@@ -23,6 +24,7 @@ use kube::Client;
 use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::json;
+use taimatsu_core::EgressRanges;
 use taimatsu_crds::v1alpha1::CHANGE_CAUSE_ANNOTATION;
 use tracing::{info, warn};
 
@@ -35,6 +37,8 @@ pub struct WebhookConfig {
     pub addr: SocketAddr,
     /// Its serving certificate.
     pub tls: TlsSettings,
+    /// The ranges a ModelDeployment's `allowedCidrs` must lie inside (`--egress-allowed-cidrs`).
+    pub egress_allowed: EgressRanges,
 }
 
 /// A ModelDeployment generation: namespace, name, generation.
@@ -81,6 +85,7 @@ impl Requesters {
 struct Shared {
     audit: Arc<ControlPlaneAudit>,
     requesters: Requesters,
+    egress_allowed: Arc<EgressRanges>,
 }
 
 /// Serves the webhook until the task is dropped.
@@ -92,7 +97,8 @@ pub async fn serve(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let tls = crate::webhook_tls::server_config(&client, &config.tls).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let app = Router::new().route("/validate", post(validate)).with_state(Shared { audit, requesters });
+    let shared = Shared { audit, requesters, egress_allowed: Arc::new(config.egress_allowed.clone()) };
+    let app = Router::new().route("/validate", post(validate)).with_state(shared);
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     info!(addr = %config.addr, "serving the admission webhook");
     Ok(tokio::spawn(async move {
@@ -124,6 +130,9 @@ async fn validate(
         }
     };
     let response = AdmissionResponse::from(&request);
+    if let Some(refused) = policy_refusal(&request, &shared.egress_allowed) {
+        return axum::Json(response.deny(refused).into_review());
+    }
     if request.dry_run {
         return axum::Json(response.into_review());
     }
@@ -166,5 +175,54 @@ async fn validate(
             ));
             axum::Json(denied.into_review())
         }
+    }
+}
+
+/// Why a created or updated ModelDeployment breaks the operator's policy, if it does: the
+/// same words the reconciler would put in its PolicyViolation condition. A spec that does
+/// not even have the expected shape is left to the schema.
+fn policy_refusal(request: &AdmissionRequest<DynamicObject>, egress_allowed: &EgressRanges) -> Option<String> {
+    if request.kind.kind != "ModelDeployment" || !matches!(request.operation, Operation::Create | Operation::Update) {
+        return None;
+    }
+    let cidrs = request.object.as_ref()?.data.pointer("/spec/access/egress/allowedCidrs")?;
+    let cidrs: Vec<String> = serde_json::from_value(cidrs.clone()).ok()?;
+    egress_allowed.check(&cidrs).err().map(|e| format!("Taimatsu's egress policy refuses this ModelDeployment: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(operation: &str, cidrs: serde_json::Value) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "operation": operation, "name": "d", "namespace": "ns",
+                "kind": { "group": "taimatsu.dev", "version": "v1alpha1", "kind": "ModelDeployment" },
+                "resource": { "group": "taimatsu.dev", "version": "v1alpha1", "resource": "modeldeployments" },
+                "userInfo": { "username": "alice" },
+                "object": { "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment",
+                            "metadata": { "name": "d", "namespace": "ns" },
+                            "spec": { "access": { "egress": { "allowedCidrs": cidrs } } } }
+            }
+        }))
+        .expect("review");
+        review.try_into().expect("request")
+    }
+
+    #[test]
+    fn ranges_outside_the_operator_ones_are_refused_naming_the_field() {
+        let allowed = EgressRanges::parse_list("10.0.0.0/8").unwrap();
+        assert_eq!(policy_refusal(&request("CREATE", json!(["10.20.0.0/16"])), &allowed), None);
+        let refused = policy_refusal(&request("UPDATE", json!(["10.20.0.0/16", "8.8.8.8/32"])), &allowed);
+        assert_eq!(
+            refused.as_deref(),
+            Some(
+                "Taimatsu's egress policy refuses this ModelDeployment: spec.access.egress.allowedCidrs[1]: 8.8.8.8/32 is not inside the ranges this cluster allows (10.0.0.0/8): use a range inside them, or ask the platform team to allow it (operator flag --egress-allowed-cidrs)"
+            )
+        );
+        // A deletion is never refused for its spec.
+        assert_eq!(policy_refusal(&request("DELETE", json!(["8.8.8.8/32"])), &allowed), None);
     }
 }

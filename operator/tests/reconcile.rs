@@ -5,6 +5,7 @@
 mod common;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
@@ -116,6 +117,36 @@ async fn a_model_that_does_not_fit_is_not_rolled_out() {
         )
         .await;
         wait_reason(&client, &ns, "orphan", "Degraded", "ModelNotFound").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
+async fn egress_ranges_the_operator_does_not_allow_are_a_policy_violation_with_nothing_rolled_out() {
+    // This operator has no webhook (a fail-open one lets such a spec through) and allows no
+    // egress ranges (no --egress-allowed-cidrs).
+    setup().await;
+    with_namespace("egress-policy", |client, ns| async move {
+        create_model(&client, &ns, "qwen", "7.6B").await;
+        let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+        let md = json!({
+            "apiVersion": "taimatsu.dev/v1alpha1", "kind": "ModelDeployment", "metadata": { "name": "wide" },
+            "spec": { "modelRef": { "name": "qwen" }, "quantization": "awq", "engine": { "type": "vllm" },
+                      "placement": { "acceleratorProfileRef": { "name": "l4-24gb" } },
+                      "access": { "egress": { "allowedCidrs": ["10.20.0.0/16"] } } },
+        });
+        mds.patch("wide", &PatchParams::apply("tests").force(), &Patch::Apply(md)).await.expect("apply");
+        let md = wait_reason(&client, &ns, "wide", "Degraded", "PolicyViolation").await;
+        let degraded = md.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert!(
+            degraded.message.starts_with("spec.access.egress.allowedCidrs[0]: 10.20.0.0/16"),
+            "{}",
+            degraded.message
+        );
+        assert!(worker_deployments(&client, &ns, "wide").await.is_empty(), "nothing may be rolled out");
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        assert!(policies.list(&Default::default()).await.unwrap().items.is_empty(), "no policy may be written");
     })
     .await;
 }

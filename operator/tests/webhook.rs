@@ -96,6 +96,13 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         let history = store::list(&client, &ns, "chat").await.unwrap();
         assert_eq!(history[0].snapshot.requested_by, "alice");
         assert_eq!(history[0].snapshot.change_cause.as_deref(), Some("CHG-1042: first Qwen deployment"));
+
+        // An egress range outside the operator's (it allows none: no --egress-allowed-cidrs)
+        // is refused at admission, naming the entry and the flag.
+        let wide = json!({ "spec": { "access": { "egress": { "allowedCidrs": ["10.20.0.0/16"] } } } });
+        let refused = mds.patch("chat", &PatchParams::default(), &Patch::Merge(wide)).await.unwrap_err().to_string();
+        assert!(refused.contains("spec.access.egress.allowedCidrs[0]: 10.20.0.0/16 cannot be opened"), "{refused}");
+        assert!(refused.contains("--egress-allowed-cidrs"), "{refused}");
     })
     .await;
 

@@ -5,6 +5,7 @@
 mod containers;
 pub mod labels;
 mod network;
+mod policy;
 mod revision;
 mod sizing;
 mod volumes;
@@ -23,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 
+pub use policy::NetworkSettings;
 pub use revision::revision_hash;
 
 /// Operator-wide settings the builders need.
@@ -32,6 +34,8 @@ pub struct Settings {
     pub worker_image: String,
     /// Base URL of the in-house Hugging Face mirror for `hf://` sources.
     pub hf_mirror: Option<String>,
+    /// What the worker NetworkPolicies allow besides the spec.
+    pub network: NetworkSettings,
 }
 
 /// Everything one reconcile builds from.
@@ -55,6 +59,7 @@ pub struct Children {
     pub manifest: ConfigMap,
     pub workload: Deployment,
     pub service: Service,
+    pub ingress_policy: NetworkPolicy,
     /// `None` when egress is explicitly unrestricted.
     pub egress_policy: Option<NetworkPolicy>,
     pub disruption_budget: PodDisruptionBudget,
@@ -67,7 +72,8 @@ pub fn build(inputs: &Inputs<'_>) -> Children {
         manifest: workload::manifest_config_map(inputs),
         workload: workload::deployment(inputs),
         service: network::service(inputs),
-        egress_policy: network::egress_policy(inputs),
+        ingress_policy: policy::ingress_policy(inputs),
+        egress_policy: policy::egress_policy(inputs),
         disruption_budget: network::disruption_budget(inputs),
     }
 }

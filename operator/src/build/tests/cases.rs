@@ -5,7 +5,11 @@
 use serde_json::{Value, json};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 
-use crate::build::{Inputs, Settings, revision_hash};
+use std::collections::BTreeMap;
+
+use taimatsu_core::EgressRanges;
+
+use crate::build::{Inputs, NetworkSettings, Settings, revision_hash};
 
 /// The manifest digest every case is built with.
 const DIGEST: &str = "sha256:feed";
@@ -91,14 +95,38 @@ impl Case {
     }
 }
 
+/// Network settings a platform team sets: the operator in its own namespace with its
+/// release's labels, an ingress controller and a monitoring namespace let in, CoreDNS
+/// under its own labels, one mirror range, and the ranges users may open.
+pub fn platform_network() -> NetworkSettings {
+    NetworkSettings {
+        operator_namespace: "platform".into(),
+        operator_pod_labels: BTreeMap::from([
+            ("app.kubernetes.io/instance".into(), "taimatsu".into()),
+            ("app.kubernetes.io/name".into(), "taimatsu".into()),
+        ]),
+        ingress_namespaces: vec!["ingress-nginx".into()],
+        monitoring_namespaces: vec!["monitoring".into(), "observability".into()],
+        dns_namespace: "dns".into(),
+        dns_pod_labels: BTreeMap::from([("app".into(), "coredns".into())]),
+        mirror_cidrs: vec!["10.21.0.0/24".into()],
+        egress_allowed: EgressRanges::parse_list("10.0.0.0/8").expect("ranges"),
+    }
+}
+
 /// vLLM on two H100s (tensor parallel): API keys, one allowed address range, rolling
-/// update without surge, the profile's and the placement's node selectors merged.
+/// update without surge, the profile's and the placement's node selectors merged, the
+/// platform's network settings.
 pub fn tp2_h100() -> Case {
     Case {
         deployment: tp2_deployment(),
         model: qwen(),
         profile: Some(h100()),
-        settings: Settings { worker_image: "registry.local/taimatsu/inference-worker:0.1.0".into(), hf_mirror: None },
+        settings: Settings {
+            worker_image: "registry.local/taimatsu/inference-worker:0.1.0".into(),
+            hf_mirror: None,
+            network: platform_network(),
+        },
         revision: "0123456789",
     }
 }
@@ -133,6 +161,7 @@ pub fn builtin_cpu() -> Case {
         settings: Settings {
             worker_image: "registry.local/taimatsu/inference-worker:0.1.0".into(),
             hf_mirror: Some("https://hf.mirror.internal".into()),
+            network: NetworkSettings::default(),
         },
         revision: "abcdef0123",
     }
@@ -178,6 +207,7 @@ pub fn single_gpu_pvc() -> Case {
         settings: Settings {
             worker_image: "registry.local/taimatsu/inference-worker:0.1.0".into(),
             hf_mirror: Some("https://hf.mirror.internal".into()),
+            network: NetworkSettings::default(),
         },
         revision: "9876543210",
     }

@@ -14,7 +14,7 @@ macro_rules! fixture_tests {
         mod $case {
             use super::*;
 
-            fixture_tests!(@children $case: service_account, manifest, workload, service, egress_policy, disruption_budget);
+            fixture_tests!(@children $case: service_account, manifest, workload, service, ingress_policy, egress_policy, disruption_budget);
 
             /// The hash names every revision's objects: a change to it rolls out every
             /// deployment, so it is pinned like the objects themselves.
@@ -39,6 +39,13 @@ fixture_tests!(tp2_h100, builtin_cpu, single_gpu_pvc);
 /// until it is added to the list of fixture tests above.
 #[test]
 fn every_child_has_a_fixture_test() {
-    let Children { service_account: _, manifest: _, workload: _, service: _, egress_policy: _, disruption_budget: _ } =
-        build(&cases::tp2_h100().inputs());
+    let Children {
+        service_account: _,
+        manifest: _,
+        workload: _,
+        service: _,
+        ingress_policy: _,
+        egress_policy: _,
+        disruption_budget: _,
+    } = build(&cases::tp2_h100().inputs());
 }
