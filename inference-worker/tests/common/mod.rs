@@ -9,6 +9,7 @@ use std::time::Duration;
 use taimatsu_core::{ManifestEntry, ModelManifest, manifest_digest};
 use taimatsu_tests::wait::poll_blocking;
 
+pub mod netprobe;
 pub mod real_node;
 
 pub fn repo_root() -> PathBuf {
