@@ -192,7 +192,13 @@ install_charts() {
   kubectl create namespace "$CHART_NS" || return 1
   kubectl label namespace "$CHART_NS" pod-security.kubernetes.io/enforce=restricted || return 1
   step "$helm" install taimatsu-crds charts/taimatsu-crds -n "$CHART_NS" || return 1
-  step "$helm" install taimatsu charts/taimatsu -n "$CHART_NS" || return 1
+  # The real node enforces NetworkPolicies, after kube-proxy translated the `kubernetes`
+  # Service to the API server's own address: its port must be in the chart's egress rule.
+  local server port ports="443,6443"
+  server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')" || return 1
+  port="${server##*:}"
+  case ",$ports," in *",$port,"*) ;; *) ports="$ports,$port" ;; esac
+  step "$helm" install taimatsu charts/taimatsu -n "$CHART_NS" --set "networkPolicy.apiServerPorts={$ports}" || return 1
   step kubectl -n "$CHART_NS" rollout status deployment/taimatsu --timeout=300s || return 1
   step kubectl -n "$CHART_NS" get pods,lease -o wide
 }

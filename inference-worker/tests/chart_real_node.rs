@@ -130,7 +130,12 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
         // restricted Pod Security Standard.
         create_namespace(&client, SYSTEM_NS, json!({ "pod-security.kubernetes.io/enforce": "restricted" })).await;
         helm.ok(Some(&kubeconfig), &["install", "taimatsu-crds", &chart("taimatsu-crds"), "-n", SYSTEM_NS]);
-        let notes = helm.ok(Some(&kubeconfig), &["install", "taimatsu", &chart("taimatsu"), "-n", SYSTEM_NS]);
+        // The node enforces NetworkPolicies (kube-router) after kube-proxy translated the
+        // `kubernetes` Service to the API server's own port: the chart's egress rule must name it.
+        let api_port = cp.server.rsplit(':').next().expect("the API server's port");
+        let ports = format!("networkPolicy.apiServerPorts={{443,6443,{api_port}}}");
+        let install = ["install", "taimatsu", &chart("taimatsu"), "-n", SYSTEM_NS, "--set", &ports];
+        let notes = helm.ok(Some(&kubeconfig), &install);
         eprintln!("{notes}");
         let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);
         // Ready is the operator's own /readyz, probed by the kubelet.
@@ -153,6 +158,9 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
         // The node has the machine's CPUs (2 on the CI machines); the operator pods request
         // 100m each, so a worker asking for 2 (`threads: 2`) would stay Pending.
         md["spec"]["engine"]["threads"] = json!(1);
+        // Rollout analysis by the operator pods: through the chart's egress policy and the
+        // worker's ingress one, both enforced on this node.
+        md["spec"]["rollout"] = json!({ "analysis": { "windowSeconds": 10, "smokePrompts": ["Say hello."] } });
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), APP_NS);
         mds.patch("smollm2-chat", &params, &Patch::Apply(&md)).await.expect("apply the ModelDeployment");
 

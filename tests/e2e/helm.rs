@@ -197,7 +197,21 @@ async fn helm_templates_pass_strict_server_side_validation() {
                 "--audit-stdout=true",
                 "--webhook-addr=0.0.0.0:9443",
                 "--webhook-cert-dir=/etc/taimatsu/webhook",
+                "--operator-pod-labels=app.kubernetes.io/instance=helm-dry-run,app.kubernetes.io/name=taimatsu",
+                "--dns-namespace=kube-system",
+                "--dns-pod-labels=k8s-app=kube-dns",
+                "--mirror-cidrs=",
+                "--egress-allowed-cidrs=",
             ]
+        );
+        // The operator's own policy lets rollout analysis reach the worker pods' ports.
+        assert_eq!(
+            one(&docs, "NetworkPolicy")["spec"]["egress"][2],
+            json!({
+                "ports": [{ "port": 8000, "protocol": "TCP" }, { "port": 9090, "protocol": "TCP" }],
+                "to": [{ "namespaceSelector": {}, "podSelector": { "matchExpressions": [
+                    { "key": "taimatsu.dev/model-deployment", "operator": "Exists" }] } }]
+            })
         );
         let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["image"], "registry.local/taimatsu/operator:0.1.0");
@@ -248,7 +262,23 @@ async fn helm_templates_pass_strict_server_side_validation() {
             "hfMirror=https://hf-mirror.internal.example",
             "otel.endpoint=http://otel-collector.observability:4317",
             "image.registry=registry.internal.example:5000/mirror",
+            "workerNetwork.ingressNamespaces={ingress-nginx}",
+            "workerNetwork.monitoringNamespaces={monitoring,observability}",
+            "workerNetwork.dns.namespace=dns",
+            "workerNetwork.mirrorCIDRs={10.20.0.0/16,10.21.0.0/24}",
+            "workerNetwork.egressAllowedCIDRs={10.0.0.0/8}",
         ]);
+        let args = operator_args(&docs);
+        for flag in [
+            "--ingress-namespace=ingress-nginx",
+            "--monitoring-namespace=monitoring",
+            "--monitoring-namespace=observability",
+            "--dns-namespace=dns",
+            "--mirror-cidrs=10.20.0.0/16,10.21.0.0/24",
+            "--egress-allowed-cidrs=10.0.0.0/8",
+        ] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+        }
         let vwc = one(&docs, "ValidatingWebhookConfiguration");
         assert!(vwc["webhooks"][0]["clientConfig"]["caBundle"].is_null(), "cainjector fills caBundle");
         assert!(find(&docs, "Secret").is_empty(), "cert-manager writes the Secret");

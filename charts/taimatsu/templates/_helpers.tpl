@@ -32,6 +32,18 @@ app.kubernetes.io/name: {{ include "taimatsu.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* A label map as `k=v,k=v`, sorted by key (the operator's label flags). */}}
+{{- define "taimatsu.labelList" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}{{ $pairs = append $pairs (printf "%s=%s" $k $v) }}{{ end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/* The operator pods' selector labels as `k=v,k=v`. */}}
+{{- define "taimatsu.selectorLabelList" -}}
+{{- include "taimatsu.labelList" (include "taimatsu.selectorLabels" . | fromYaml) }}
+{{- end }}
+
 {{/* Standard labels of every object. */}}
 {{- define "taimatsu.labels" -}}
 helm.sh/chart: {{ include "taimatsu.chart" . }}
