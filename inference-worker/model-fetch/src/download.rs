@@ -17,7 +17,7 @@ use crate::hub::Hub;
 use crate::progress::Progress;
 use crate::s3::S3;
 use crate::source::{Source, join_url};
-use crate::{FetchError, SourceEnv, Transferred, blocking};
+use crate::{FetchError, HTTP_TOKEN, SourceEnv, Transferred, blocking};
 
 /// Partial downloads live in `<dest>/.taimatsu/<PARTIAL_DIR>/<path>`: on the same
 /// filesystem as their final path, so the rename into place is atomic.
@@ -43,7 +43,8 @@ pub(crate) struct Remote {
 }
 
 enum RemoteKind {
-    Http(Url),
+    /// A plain file mirror, with the bearer token its Secret gives (`token`), if any.
+    Http(Url, Option<String>),
     S3(Box<S3>),
     Hub(Box<Hub>),
 }
@@ -51,7 +52,7 @@ enum RemoteKind {
 impl Remote {
     pub fn new(uri: &str, source: &Source, ca_bundle: Option<&Path>, env: &SourceEnv) -> Result<Remote, FetchError> {
         let kind = match source {
-            Source::Http(base) => RemoteKind::Http(base.clone()),
+            Source::Http(base) => RemoteKind::Http(base.clone(), http_token(uri, base, env)?),
             Source::S3 { bucket, prefix } => RemoteKind::S3(Box::new(S3::from_env(uri, bucket, prefix, env)?)),
             Source::Hf(_) | Source::Local(_) => unreachable!("hub sources are made by Remote::hub, local ones copied"),
         };
@@ -75,7 +76,7 @@ impl Remote {
 
     fn url(&self, path: &str) -> Result<Url, FetchError> {
         match &self.kind {
-            RemoteKind::Http(base) => join_url(base, path),
+            RemoteKind::Http(base, _) => join_url(base, path),
             RemoteKind::S3(s3) => s3.url(path),
             RemoteKind::Hub(hub) => hub.url(path),
         }
@@ -85,8 +86,14 @@ impl Remote {
     fn get(&self, url: &Url, from: u64) -> Result<RequestBuilder, FetchError> {
         let request = self.client.get(url.clone());
         Ok(match &self.kind {
-            RemoteKind::Http(_) if from > 0 => request.header(RANGE, format!("bytes={from}-")),
-            RemoteKind::Http(_) => request,
+            RemoteKind::Http(_, token) => {
+                // Redirects are followed on the same origin only, so the token goes nowhere else.
+                let request = match token {
+                    Some(token) => request.bearer_auth(token),
+                    None => request,
+                };
+                if from > 0 { request.header(RANGE, format!("bytes={from}-")) } else { request }
+            }
             RemoteKind::S3(s3) => request.headers(s3.signed_headers(url, from, SystemTime::now())?),
             RemoteKind::Hub(hub) if from > 0 => hub.authorize(request).header(RANGE, format!("bytes={from}-")),
             RemoteKind::Hub(hub) => hub.authorize(request),
@@ -266,6 +273,21 @@ pub(crate) fn certificate_error<'a>(e: &'a (dyn std::error::Error + 'static)) ->
         pending.extend(cause.source());
     }
     None
+}
+
+/// The `token` of the source's Secret, to send as a bearer token: over https only, where
+/// nobody on the way can read it.
+fn http_token(uri: &str, base: &Url, env: &SourceEnv) -> Result<Option<String>, FetchError> {
+    let Some(token) = env.get(HTTP_TOKEN) else { return Ok(None) };
+    if base.scheme() != "https" {
+        return Err(FetchError::SourceUnsupported {
+            uri: uri.to_owned(),
+            reason: format!(
+                "the Secret named by spec.source.credentialsSecretRef has a `{HTTP_TOKEN}`, and a token is sent only over https: use the mirror's https:// address, or remove `{HTTP_TOKEN}` from the Secret"
+            ),
+        });
+    }
+    Ok(Some(token.to_owned()))
 }
 
 fn http_error(entry: &ManifestEntry, url: &Url, status: StatusCode, kind: &RemoteKind) -> FetchError {

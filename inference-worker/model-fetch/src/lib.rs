@@ -88,7 +88,11 @@ pub struct FetchReport {
     pub downloaded_bytes: u64,
 }
 
-/// The source's credentials and endpoint settings (`AWS_*`, `HF_TOKEN`), read from the
+/// The key (and so, through `envFrom`, the variable) of an https source's bearer token in
+/// the Secret named by `spec.source.credentialsSecretRef`.
+pub const HTTP_TOKEN: &str = "token";
+
+/// The source's credentials and endpoint settings (`AWS_*`, `HF_TOKEN`, `token`), read from the
 /// process environment by [`fetch`], or given explicitly to [`fetch_with_env`].
 #[derive(Clone, Default)]
 pub struct SourceEnv {
@@ -96,10 +100,12 @@ pub struct SourceEnv {
 }
 
 impl SourceEnv {
-    /// The `AWS_*` variables and `HF_TOKEN` of this process (the pod gets them from the
-    /// credentials Secret).
+    /// The `AWS_*` variables, `HF_TOKEN` and `token` of this process (the pod gets them
+    /// from the credentials Secret).
     pub fn from_process() -> SourceEnv {
-        SourceEnv::from_pairs(std::env::vars().filter(|(k, _)| k.starts_with("AWS_") || k == "HF_TOKEN"))
+        SourceEnv::from_pairs(
+            std::env::vars().filter(|(k, _)| k.starts_with("AWS_") || k == "HF_TOKEN" || k == HTTP_TOKEN),
+        )
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> SourceEnv {
