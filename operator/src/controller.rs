@@ -203,6 +203,9 @@ fn resolve(md: &ModelDeployment, ctx: &Context) -> (Target, Option<SpecInputs>) 
     let Some(model) = ctx.caches.model(&ns, &md.spec.model_ref.name) else {
         return (Target::Blocked(validate::model_not_found(md)), None);
     };
+    if let Err(blocked) = validate::check_source(&model, ctx.settings.hf_mirror.as_deref()) {
+        return (Target::Blocked(blocked), None);
+    }
     let profile = profile_name(md).and_then(|p| ctx.caches.profile(&p));
     let allows_unpinned = ctx.caches.namespace_label(&ns, validate::ALLOW_UNPINNED_LABEL).is_some_and(|v| v == "true");
     match validate::check(md, Some(&model), profile.as_deref(), allows_unpinned) {

@@ -1,5 +1,6 @@
 //! Checks that need other objects, which CEL cannot see. Pure: the caller fetches.
 
+use kube::ResourceExt;
 use taimatsu_core::memory_fit::{self, FitInput};
 use taimatsu_core::{EgressRanges, EngineKind, HfSource, ManifestEntry, ParameterCount, manifest_digest};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
@@ -47,6 +48,24 @@ pub fn check_policy(md: &ModelDeployment, egress_allowed: &EgressRanges) -> Resu
     egress_allowed
         .check(&md.spec.access.egress.allowed_cidrs)
         .map_err(|e| blocked(Reason::PolicyViolation, format!("{e}; nothing is rolled out until the spec is fixed")))
+}
+
+/// An `hf://` source is fetched from a Hugging Face Hub mirror (the Model's
+/// `spec.source.hfMirror`, else the operator's `--hf-mirror`), never from huggingface.co.
+/// Without one the fetch step could only fail, once per pod: say so before any pod.
+pub fn check_source(model: &Model, operator_hf_mirror: Option<&str>) -> Result<(), Blocked> {
+    let source = &model.spec.source;
+    if HfSource::parse(&source.uri).is_err() || source.hf_mirror.is_some() || operator_hf_mirror.is_some() {
+        return Ok(());
+    }
+    Err(blocked(
+        Reason::IncompatibleModel,
+        format!(
+            "Model {:?} is fetched from {} and no Hugging Face Hub mirror is configured (the fetch step never contacts huggingface.co): set spec.source.hfMirror on the Model, or start the operator with --hf-mirror (the chart's hfMirror)",
+            model.name_any(),
+            source.uri
+        ),
+    ))
 }
 
 /// Validates the references of `md`.
@@ -208,6 +227,23 @@ mod tests {
         }
         let pinned = with_source(&format!("hf://org/m@{}", "0a".repeat(20)));
         assert!(check(&cpu, Some(&pinned), None, false).is_ok());
+    }
+
+    #[test]
+    fn an_hf_source_needs_a_mirror_from_the_model_or_the_operator() {
+        let mut m = model("gguf", "135M", true);
+        m.metadata.name = Some("smol".into());
+        m.spec.source.uri = format!("hf://org/m@{}", "0a".repeat(20));
+        let err = check_source(&m, None).expect_err("no mirror anywhere");
+        assert_eq!(err.reason, Reason::IncompatibleModel);
+        assert!(err.message.starts_with("Model \"smol\" is fetched from hf://org/m@"), "{}", err.message);
+        assert!(err.message.contains("spec.source.hfMirror") && err.message.contains("--hf-mirror"), "{}", err.message);
+        assert!(check_source(&m, Some("https://hub.internal")).is_ok());
+        m.spec.source.hf_mirror = Some("https://hub.internal".into());
+        assert!(check_source(&m, None).is_ok());
+        m.spec.source.uri = "https://mirror.internal/m/".into();
+        m.spec.source.hf_mirror = None;
+        assert!(check_source(&m, None).is_ok(), "other sources need no Hub mirror");
     }
 
     #[test]

@@ -123,6 +123,41 @@ async fn a_model_that_does_not_fit_is_not_rolled_out() {
 
 #[tokio::test]
 #[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
+async fn an_hf_model_without_a_hub_mirror_is_blocked_before_any_pod() {
+    // This operator runs without --hf-mirror, and the Model names none.
+    setup().await;
+    with_namespace("hf-no-mirror", |client, ns| async move {
+        let models: Api<taimatsu_crds::v1alpha1::Model> = Api::namespaced(client.clone(), &ns);
+        let model = json!({
+            "apiVersion": "taimatsu.dev/v1alpha1", "kind": "Model", "metadata": { "name": "smol" },
+            "spec": {
+                "source": { "uri": format!("hf://HuggingFaceTB/SmolLM2-135M-Instruct@{}", "0a".repeat(20)) },
+                "format": "safetensors",
+                "files": [{ "path": "model.safetensors", "size": 270_000_000i64, "sha256": "2".repeat(64) }],
+                "architecture": "llama", "parameters": "135M", "contextLength": 8192, "license": "Apache-2.0",
+            }
+        });
+        models.patch("smol", &PatchParams::apply("tests").force(), &Patch::Apply(model)).await.expect("apply model");
+        apply_deployment(
+            &client,
+            &ns,
+            "smol",
+            "smol",
+            "bf16",
+            json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }),
+        )
+        .await;
+        let md = wait_reason(&client, &ns, "smol", "Degraded", "IncompatibleModel").await;
+        let degraded = md.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert!(degraded.message.contains("no Hugging Face Hub mirror is configured"), "{}", degraded.message);
+        assert!(degraded.message.contains("--hf-mirror"), "{}", degraded.message);
+        assert!(worker_deployments(&client, &ns, "smol").await.is_empty(), "nothing may be rolled out");
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
 async fn egress_ranges_the_operator_does_not_allow_are_a_policy_violation_with_nothing_rolled_out() {
     // This operator has no webhook (a fail-open one lets such a spec through) and allows no
     // egress ranges (no --egress-allowed-cidrs).
