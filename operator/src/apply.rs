@@ -80,6 +80,7 @@ impl Applier {
     {
         let key = key::<K>(obj.namespace().unwrap_or_default(), obj.name_any());
         let desired = hash(obj)?;
+        self.ensure_ours(api, obj, current.as_deref().map(Resource::meta)).await?;
         if let Some(current) = current {
             let unchanged =
                 self.lock().get(&key).is_some_and(|a| a.desired == desired && a.shows(current.meta(), true));
@@ -101,6 +102,27 @@ impl Applier {
         };
         self.lock().insert(key, record);
         Ok(Outcome::Applied(applied))
+    }
+
+    /// Fails with [`Error::ForeignChild`] when the object under `obj`'s name is not
+    /// controlled by `obj`'s controller. `current` is the cached copy; without one (the
+    /// cache holds only objects with the operator's labels: absent, not seen yet, or
+    /// someone else's) the API server is asked, once: after this replica's first apply the
+    /// cache lag is covered by its own record.
+    pub async fn ensure_ours<K>(&self, api: &Api<K>, obj: &K, current: Option<&ObjectMeta>) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match current {
+            Some(current) => ensure_controlled(obj, current),
+            None if !self.lock().contains_key(&key::<K>(obj.namespace().unwrap_or_default(), obj.name_any())) => {
+                match api.get_metadata_opt(&obj.name_any()).await? {
+                    Some(existing) => ensure_controlled(obj, &existing.metadata),
+                    None => Ok(()),
+                }
+            }
+            None => Ok(()),
+        }
     }
 
     /// Whether a watch event shows a child of kind `K` as this replica's last apply left
@@ -146,6 +168,20 @@ impl ChildWriter<'_> {
             children;
         let (client, caches) = (self.client, self.caches);
         let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+        // Every name checked before anything is written: a conflict on the last child must
+        // not leave the first ones applied.
+        self.check(&policies, &ingress_policy, &caches.policies).await?;
+        if let Some(policy) = &egress_policy {
+            self.check(&policies, policy, &caches.policies).await?;
+        }
+        self.check(&Api::namespaced(client.clone(), ns), &service_account, &caches.accounts).await?;
+        self.check(&Api::namespaced(client.clone(), ns), &manifest, &caches.manifests).await?;
+        let current = self.caches.deployment(ns, &workload.name_any());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        self.applier.ensure_ours(&deployments, &workload, current.as_deref().map(Resource::meta)).await?;
+        self.check(&Api::namespaced(client.clone(), ns), &service, &caches.services).await?;
+        self.check(&Api::namespaced(client.clone(), ns), &disruption_budget, &caches.budgets).await?;
+
         self.apply(&policies, &ingress_policy, &caches.policies).await?;
         match egress_policy {
             Some(policy) => self.apply(&policies, &policy, &caches.policies).await?,
@@ -163,6 +199,15 @@ impl ChildWriter<'_> {
         self.apply(&Api::namespaced(client.clone(), ns), &service, &caches.services).await?;
         self.apply(&Api::namespaced(client.clone(), ns), &disruption_budget, &caches.budgets).await?;
         Ok(applied)
+    }
+
+    /// [`Applier::ensure_ours`] for a child cached as metadata.
+    async fn check<K>(&self, api: &Api<K>, obj: &K, cached: &Store<Meta<K>>) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let current = cached.get(&ObjectRef::new(&obj.name_any()).within(&obj.namespace().unwrap_or_default()));
+        self.applier.ensure_ours(api, obj, current.as_deref().map(|m| &m.metadata)).await
     }
 
     /// Applies a child whose content the operator never reads back (cached as metadata).
@@ -183,6 +228,32 @@ impl ChildWriter<'_> {
             Outcome::Applied(d) => d,
             Outcome::Unchanged(d) => d.as_ref().clone(),
         })
+    }
+}
+
+/// An existing object may be applied over only when its controller is the desired
+/// object's (this ModelDeployment): a Service or NetworkPolicy someone else made under a
+/// child's name, or an object merely carrying the operator's labels, is not taken over.
+fn ensure_controlled<K: Resource<DynamicType = ()>>(desired: &K, existing: &ObjectMeta) -> Result<(), Error> {
+    let controller = |meta: &ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.uid.clone(), o.kind.clone(), o.name.clone()))
+    };
+    let ours = controller(desired.meta()).map(|(uid, _, _)| uid);
+    match controller(existing) {
+        Some((uid, _, _)) if Some(&uid) == ours.as_ref() => Ok(()),
+        theirs => Err(Error::ForeignChild {
+            kind: K::kind(&()).into_owned(),
+            namespace: desired.namespace().unwrap_or_default(),
+            name: desired.name_any(),
+            holder: match theirs {
+                Some((_, kind, name)) => format!("controlled by {kind} {name}"),
+                None => "controlled by nothing (made by hand or by another tool)".to_owned(),
+            },
+        }),
     }
 }
 

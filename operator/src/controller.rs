@@ -28,6 +28,7 @@ use crate::metrics::ErrorLabels;
 use crate::report;
 use crate::revision::plan::{self, Target};
 use crate::rollout::{Rollout, SpecInputs};
+use crate::status::Reason;
 use crate::validate;
 
 /// Reconciles in flight at once: enough to keep the API server busy and to fill the audit
@@ -190,8 +191,16 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let mut rollout = Rollout::start(md, ctx, target, spec).await?;
     loop {
         let decision = plan::decide(&rollout.observed(), Timestamp::now());
-        if let Some(action) = rollout.execute(decision).await? {
-            return Ok(action);
+        match rollout.execute(decision).await {
+            Ok(Some(action)) => return Ok(action),
+            Ok(None) => {}
+            // Someone else's object under a child's name: reported, and retried at the next
+            // change (or in five minutes) rather than at the error backoff.
+            Err(conflict @ Error::ForeignChild { .. }) => {
+                let blocked = validate::Blocked { reason: Reason::Conflict, message: conflict.to_string() };
+                return report::block(md, ctx, &blocked).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }

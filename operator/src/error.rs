@@ -12,6 +12,12 @@ pub enum Error {
     Serialize(String),
     #[error("rollout state machine: {0}")]
     Stuck(String),
+    /// A child's name is held by an object this ModelDeployment does not control; it is
+    /// left as it is (applying with `force` would take it over).
+    #[error(
+        "{kind} {namespace}/{name} already exists and is {holder}, not controlled by this ModelDeployment: it is left untouched and nothing is rolled out; rename the ModelDeployment, or remove or rename that {kind}"
+    )]
+    ForeignChild { kind: String, namespace: String, name: String, holder: String },
 }
 
 impl Error {
@@ -24,6 +30,7 @@ impl Error {
             Error::NoNamespace => "invalid-object",
             Error::Audit(_) => "audit",
             Error::Serialize(_) | Error::Stuck(_) => "internal",
+            Error::ForeignChild { .. } => "ownership",
         }
     }
 }

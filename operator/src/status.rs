@@ -27,6 +27,8 @@ pub enum Reason {
     InvalidSpec,
     /// The spec asks for what the operator's policy does not allow.
     PolicyViolation,
+    /// A child's name is taken by an object this ModelDeployment does not control.
+    Conflict,
     // Reasons of Events only.
     RevisionCreated,
     RolloutStarted,
@@ -57,6 +59,7 @@ impl Reason {
             Reason::RevisionNotFound => "RevisionNotFound",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::PolicyViolation => "PolicyViolation",
+            Reason::Conflict => "Conflict",
             Reason::RevisionCreated => "RevisionCreated",
             Reason::RolloutStarted => "RolloutStarted",
             Reason::RolloutSucceeded => "RolloutSucceeded",

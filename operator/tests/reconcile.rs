@@ -4,7 +4,7 @@
 
 mod common;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
@@ -117,6 +117,48 @@ async fn a_model_that_does_not_fit_is_not_rolled_out() {
         )
         .await;
         wait_reason(&client, &ns, "orphan", "Degraded", "ModelNotFound").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test control plane (built by hack/build-cluster-bins.sh): hack/test.sh runs it, or cargo test -- --include-ignored"]
+async fn a_model_deployment_named_like_a_foreign_service_reports_conflict_and_leaves_it_untouched() {
+    // The attack: whoever may write ModelDeployments names one after a Service of the
+    // namespace (here the billing API's), and the operator's forced apply would repoint it at
+    // the worker pods, whose API then receives the billing clients' traffic.
+    setup().await;
+    with_namespace("takeover", |client, ns| async move {
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let billing: Service = serde_json::from_value(json!({
+            "metadata": { "name": "billing" },
+            "spec": { "selector": { "app": "billing" }, "ports": [{ "port": 443, "targetPort": 8443 }] }
+        }))
+        .unwrap();
+        let before = services.create(&Default::default(), &billing).await.expect("create the billing Service");
+        create_model(&client, &ns, "qwen", "7.6B").await;
+        apply_deployment(
+            &client,
+            &ns,
+            "billing",
+            "qwen",
+            "awq",
+            json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }),
+        )
+        .await;
+
+        let md = wait_reason(&client, &ns, "billing", "Degraded", "Conflict").await;
+        let degraded = md.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert!(
+            degraded.message.starts_with(&format!("Service {ns}/billing already exists and is controlled by nothing")),
+            "{}",
+            degraded.message
+        );
+        let after = services.get("billing").await.unwrap();
+        assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "the Service was written");
+        assert!(worker_deployments(&client, &ns, "billing").await.is_empty(), "nothing may be rolled out");
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        assert!(policies.list(&Default::default()).await.unwrap().items.is_empty(), "no child may be written");
     })
     .await;
 }
