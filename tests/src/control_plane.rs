@@ -331,6 +331,12 @@ impl ControlPlane {
                 "--use-service-account-credentials=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=0".into(),
+                // kwok's fake nodes heartbeat through client-go, whose retries grow during an
+                // API server outage: after a restart (tests/leader_restart.rs) they were seen
+                // 50 s late, past the default 50 s grace, and the node lifecycle controller then
+                // declared every node not ready and marked their pods not ready, which kwok
+                // never sets ready again. Node health is not what these tests are about.
+                "--node-monitor-grace-period=5m".into(),
                 "--v=1".into(),
             ],
         )?;
