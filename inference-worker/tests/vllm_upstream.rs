@@ -70,9 +70,17 @@ fn forwards_streams_errors_and_survives_upstream_death() {
     assert_eq!(r.status(), direct_status);
     assert_eq!(r.text().unwrap(), direct_body);
 
-    // Streamed requests through the upstream are audited with the response hash.
-    let log = std::fs::read(&audit_log).unwrap();
-    let report = taimatsu_core::audit_chain::verify(&log).unwrap();
+    // Streamed requests through the upstream are audited with the response hash. The last
+    // record is written after its response has gone out: wait for it rather than race it.
+    let report = poll_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let log = std::fs::read(&audit_log).ok()?;
+            taimatsu_core::audit_chain::verify(&log).ok().filter(|r| r.records >= 5)
+        },
+        || format!("fewer than 5 verified audit records in {}", audit_log.display()),
+    );
     assert!(report.records >= 5, "{report:?}");
 
     // The upstream dies: readiness goes, requests are refused, the worker restarts it.
