@@ -23,7 +23,20 @@ use crate::validate::Blocked;
 pub async fn block(md: &ModelDeployment, ctx: &Context, blocked: &Blocked) -> Result<Action, Error> {
     info!(name = %md.name_any(), reason = blocked.reason.as_str(), message = %blocked.message, "not rolled out");
     write_status(md, ctx, &status::blocked(blocked.reason, &blocked.message), |_| {}).await?;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(retry_after(blocked.reason)))
+}
+
+/// When a blocked deployment is looked at again if nothing triggers it sooner. A missing
+/// Model or AcceleratorProfile is usually one that is being created (GitOps applies the
+/// ModelDeployment first as often as not): its watch event triggers the reconcile at once,
+/// and the short requeue bounds the wait if that event is missed (a fresh-clone CI run once
+/// left a deployment on ModelNotFound across an API-server restart, its Model long created).
+/// Everything else needs someone to change the spec, which triggers by itself.
+fn retry_after(reason: Reason) -> Duration {
+    match reason {
+        Reason::ModelNotFound | Reason::ProfileNotFound => Duration::from_secs(30),
+        _ => Duration::from_secs(300),
+    }
 }
 
 /// Writes the status: `observed` as conditions, the rest as `fill` sets it on a copy of the

@@ -146,10 +146,12 @@ async fn rollout_across_restart(scenario: &Scenario, test: &str, component: &str
     create_model(client, &ns, "qwen", "7.6B").await;
     apply_deployment(client, &ns, "steady", "qwen", "awq", json!({ "acceleratorProfileRef": { "name": "l4-24gb" } }))
         .await;
-    // In progress: the leader has seen the deployment and started its rollout.
+    // In progress: the leader has recorded the deployment's first revision and started its
+    // rollout (an observed generation alone could be a status that the Model is not in the
+    // leader's cache yet).
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
     poll_until("the rollout to start", Duration::from_secs(60), || async {
-        Ok(mds.get("steady").await?.status.and_then(|s| s.observed_generation))
+        Ok(mds.get("steady").await?.status.and_then(|s| s.desired_revision))
     })
     .await
     .unwrap();

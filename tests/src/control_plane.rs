@@ -77,8 +77,16 @@ impl Drop for ControlPlane {
             let _ = component.child.kill();
             let _ = component.child.wait();
         }
+        // A failing test's control plane: its logs go with the failure report, because the
+        // directory is removed by the next test binary and CI keeps only the output.
+        if std::thread::panicking() {
+            self.print_log_tails(LOG_TAIL_ON_FAILURE);
+        }
     }
 }
+
+/// Lines of each log printed when a test that owns a control plane fails.
+const LOG_TAIL_ON_FAILURE: usize = 40;
 
 impl ControlPlane {
     /// The control plane of this test binary, started on first use.
@@ -188,25 +196,59 @@ impl ControlPlane {
     /// SIGKILLs the control-plane component `name` (e.g. `kube-apiserver`, `etcd`), as a
     /// crash or an upgrade would, keeps it down for `down`, and starts it again with the same
     /// arguments; returns once the API server answers `/readyz` again.
+    ///
+    /// kwok is then restarted too, as the re-sync a kubelet does: kwok v0.7.0 drops a pod's
+    /// stage for good when its patch fails on a cut connection (its `shouldRetry`, in
+    /// pkg/kwok/controllers/utils.go, retries refused connections and server-side timeouts
+    /// only), so a pod whose "ready" patch was in flight at the kill would never become
+    /// ready. A real kubelet reports pod status again at its next sync; kwok, which keeps no
+    /// state, does so when it starts and lists its pods.
     pub async fn kill_and_restart(&self, name: &str, down: Duration) -> anyhow::Result<()> {
-        let args = {
-            let mut children = self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            let component = children
-                .iter_mut()
-                .find(|c| c.name == name)
-                .ok_or_else(|| anyhow::anyhow!("no control-plane component {name}"))?;
-            component.child.kill()?;
-            component.child.wait()?;
-            component.args.clone()
-        };
+        let args = self.kill(name)?;
         tokio::time::sleep(down).await;
-        let child = self.spawn_child(name, &args)?;
+        self.respawn(name, &args)?;
+        self.wait_ready().await?;
+        if name != "kwok" {
+            let kwok = self.kill("kwok")?;
+            self.respawn("kwok", &kwok)?;
+            self.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs component `name` and returns its arguments.
+    fn kill(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let mut children = self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let component = children
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no control-plane component {name}"))?;
+        component.child.kill()?;
+        component.child.wait()?;
+        Ok(component.args.clone())
+    }
+
+    /// Starts component `name` again, in the place of its killed process.
+    fn respawn(&self, name: &str, args: &[String]) -> anyhow::Result<()> {
+        let child = self.spawn_child(name, args)?;
         if let Some(component) =
             self.children.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter_mut().find(|c| c.name == name)
         {
             component.child = child;
         }
-        self.wait_ready().await
+        Ok(())
+    }
+
+    /// Prints the last `lines` lines of every log of this control plane (its components and
+    /// the processes started with [`ControlPlane::start_process`]) to the test's output.
+    pub fn print_log_tails(&self, lines: usize) {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.join("logs"))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs {
+            eprintln!("===== last {lines} lines of {} =====\n{}", log.display(), log_tail(&log, lines));
+        }
     }
 
     fn log(&self, component: &str) -> PathBuf {
@@ -359,6 +401,10 @@ impl ControlPlane {
                 format!("--cidr={}", addresses::KWOK_POD_CIDR),
                 "--node-ip=127.0.0.1".into(),
                 format!("--server-address=127.0.0.1:{}", free_port()?),
+                // Heartbeats in node status, not node Leases: a kwok started again (see
+                // `kill_and_restart`) has a new holder identity, and with Leases it was seen
+                // not to touch a node or pod for 3 minutes while the dead one's Leases stood.
+                "--node-lease-duration-seconds=0".into(),
             ],
         )
     }
