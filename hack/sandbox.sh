@@ -198,7 +198,10 @@ install_charts() {
   server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')" || return 1
   port="${server##*:}"
   case ",$ports," in *",$port,"*) ;; *) ports="$ports,$port" ;; esac
-  step "$helm" install taimatsu charts/taimatsu -n "$CHART_NS" --set "networkPolicy.apiServerPorts={$ports}" || return 1
+  # The API server presents its webhook client certificate (the sandbox control plane's
+  # AdmissionConfiguration): the chart is given the CA that issued it.
+  step "$helm" install taimatsu charts/taimatsu -n "$CHART_NS" --set "networkPolicy.apiServerPorts={$ports}" \
+    --set-file "webhook.clientAuth.caBundle=$(dirname "$KUBECONFIG")/pki/webhook-client-ca.crt" || return 1
   step kubectl -n "$CHART_NS" rollout status deployment/taimatsu --timeout=300s || return 1
   step kubectl -n "$CHART_NS" get pods,lease -o wide
 }

@@ -134,7 +134,11 @@ async fn the_helm_chart_runs_the_operator_on_a_real_node() {
         // `kubernetes` Service to the API server's own port: the chart's egress rule must name it.
         let api_port = cp.server.rsplit(':').next().expect("the API server's port");
         let ports = format!("networkPolicy.apiServerPorts={{443,6443,{api_port}}}");
-        let install = ["install", "taimatsu", &chart("taimatsu"), "-n", SYSTEM_NS, "--set", &ports];
+        // The API server presents its webhook client certificate (the control plane's
+        // AdmissionConfiguration): the chart is given the CA that issued it.
+        let client_ca = format!("webhook.clientAuth.caBundle={}", cp.webhook_client_ca().display());
+        let install =
+            ["install", "taimatsu", &chart("taimatsu"), "-n", SYSTEM_NS, "--set", &ports, "--set-file", &client_ca];
         let notes = helm.ok(Some(&kubeconfig), &install);
         eprintln!("{notes}");
         let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NS);

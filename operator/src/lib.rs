@@ -23,4 +23,5 @@ pub mod status;
 pub mod validate;
 pub mod watch_backoff;
 pub mod webhook;
+pub mod webhook_client_auth;
 pub mod webhook_tls;

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use taimatsu_core::{AddressScope, EgressRanges};
 use taimatsu_operator::audit::{AuditConfig, ControlPlaneAudit};
 use taimatsu_operator::build::NetworkSettings;
-use taimatsu_operator::webhook::{self, Requesters, TlsSettings, WebhookConfig};
+use taimatsu_operator::webhook::{self, ClientAuth, Requesters, TlsSettings, WebhookConfig};
 use taimatsu_operator::{build, context, controller, leader, metrics};
 use taimatsu_telemetry::LogFormat;
 use tracing::info;
@@ -81,6 +81,20 @@ struct Args {
         default_value = "taimatsu-operator-webhook.taimatsu-system.svc"
     )]
     webhook_dns_names: Vec<String>,
+    /// Who may call the webhook: `certificate` (a client certificate from
+    /// --webhook-client-ca-file, which the API server presents when its AdmissionConfiguration
+    /// gives it one; see docs/security.md) or `none` (anyone who reaches the port: only where
+    /// the API server cannot be configured, since any caller can then forge admission records).
+    #[arg(long, env = "TAIMATSU_WEBHOOK_CLIENT_AUTH", default_value = "certificate")]
+    webhook_client_auth: String,
+    /// PEM file of the CA(s) that issue the API server's webhook client certificate. Use a CA
+    /// that signs nothing else, or set --webhook-client-names.
+    #[arg(long, env = "TAIMATSU_WEBHOOK_CLIENT_CA_FILE", default_value = "")]
+    webhook_client_ca_file: String,
+    /// Names (subject common name or DNS alternative name) the webhook client certificate
+    /// must carry one of. Empty: any certificate from the CA.
+    #[arg(long, env = "TAIMATSU_WEBHOOK_CLIENT_NAMES", value_delimiter = ',', default_value = "")]
+    webhook_client_names: Vec<String>,
     /// The pod addresses rollout analysis may contact, as comma-separated CIDR blocks: the
     /// cluster's pod network (e.g. 10.244.0.0/16). A pod whose reported IP lies outside
     /// fails its analysis without being contacted. Empty: any pod IP, except addresses no
@@ -185,6 +199,11 @@ async fn main() -> anyhow::Result<()> {
                     dns_names: args.webhook_dns_names.clone(),
                     configuration: args.webhook_configuration.clone(),
                 },
+                client_auth: ClientAuth::from_flags(
+                    &args.webhook_client_auth,
+                    &args.webhook_client_ca_file,
+                    &args.webhook_client_names,
+                )?,
                 egress_allowed: args.network.egress_allowed_cidrs.clone(),
             };
             Some(webhook::serve(client.clone(), config, audit.clone(), requesters.clone()).await?)

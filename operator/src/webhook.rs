@@ -29,6 +29,7 @@ use taimatsu_crds::v1alpha1::CHANGE_CAUSE_ANNOTATION;
 use tracing::{info, warn};
 
 use crate::audit::ControlPlaneAudit;
+pub use crate::webhook_client_auth::ClientAuth;
 pub use crate::webhook_tls::TlsSettings;
 
 /// Where and how the webhook serves.
@@ -37,6 +38,8 @@ pub struct WebhookConfig {
     pub addr: SocketAddr,
     /// Its serving certificate.
     pub tls: TlsSettings,
+    /// Who may call it: the API server's client certificate.
+    pub client_auth: ClientAuth,
     /// The ranges a ModelDeployment's `allowedCidrs` must lie inside (`--egress-allowed-cidrs`).
     pub egress_allowed: EgressRanges,
 }
@@ -95,18 +98,30 @@ pub async fn serve(
     audit: Arc<ControlPlaneAudit>,
     requesters: Requesters,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let tls = crate::webhook_tls::server_config(&client, &config.tls).await?;
+    let tls = crate::webhook_tls::server_config(&client, &config.tls, &config.client_auth).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let client_auth = Arc::new(config.client_auth.clone());
+    if client_auth.as_ref() == &ClientAuth::None {
+        warn!("--webhook-client-auth=none: any caller that reaches the webhook can forge admission records");
+    }
     let shared = Shared { audit, requesters, egress_allowed: Arc::new(config.egress_allowed.clone()) };
     let app = Router::new().route("/validate", post(validate)).with_state(shared);
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     info!(addr = %config.addr, "serving the admission webhook");
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
+            let Ok((tcp, peer)) = listener.accept().await else { continue };
+            let (acceptor, app, client_auth) = (acceptor.clone(), app.clone(), client_auth.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                // A caller without a certificate from the client CA fails the handshake.
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(stream) => stream,
+                    Err(e) => return warn!(%peer, error = %e, "webhook caller refused at the TLS handshake"),
+                };
+                let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+                if let Err(why) = client_auth.check_name(leaf) {
+                    return warn!(%peer, reason = %why, "webhook caller refused");
+                }
                 let service = TowerToHyperService::new(app);
                 if let Err(e) =
                     auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await

@@ -20,6 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
+use crate::webhook_client_auth::ClientAuth;
+
 /// Where the webhook's certificate comes from.
 #[derive(Clone, Debug)]
 pub struct TlsSettings {
@@ -34,11 +36,16 @@ pub struct TlsSettings {
 
 /// The webhook's TLS configuration: supplied files (reloaded when they change), or a
 /// generated CA and certificate whose CA is published in the ValidatingWebhookConfiguration.
-pub async fn server_config(client: &Client, config: &TlsSettings) -> anyhow::Result<rustls::ServerConfig> {
+/// Callers are verified by `client_auth` (the API server's client certificate).
+pub async fn server_config(
+    client: &Client,
+    config: &TlsSettings,
+    client_auth: &ClientAuth,
+) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth();
+        .with_client_cert_verifier(client_auth.verifier(provider.clone())?);
     let (cert_file, key_file) = (config.cert_dir.join("tls.crt"), config.cert_dir.join("tls.key"));
     if cert_file.exists() && key_file.exists() {
         info!(dir = %config.cert_dir.display(), "webhook certificate from files, reloaded when they change");

@@ -2,7 +2,9 @@
 //! requesting user of each change in the control-plane audit chain, names that user on
 //! the revision it creates (also when another replica's webhook admitted the change), with
 //! failurePolicy Fail no change passes while it is down, and a certificate from files is
-//! reloaded when it is renewed.
+//! reloaded when it is renewed. The API server calls it with its webhook client
+//! certificate (the test control plane's AdmissionConfiguration); webhook_forgery.rs shows
+//! that nobody else can.
 //! Its own test binary: the webhook configuration intercepts every Taimatsu object of
 //! this control plane.
 
@@ -56,6 +58,8 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         format!("--webhook-addr=127.0.0.1:{webhook_port}"),
         "--webhook-dns-names=127.0.0.1".to_owned(),
         format!("--webhook-cert-dir={}", cp.dir().join("no-webhook-certs").display()),
+        format!("--webhook-client-ca-file={}", cp.webhook_client_ca().display()),
+        format!("--webhook-client-names={}", taimatsu_tests::certs::WEBHOOK_CLIENT_NAME),
     ]);
     let (mut child, log) = cp.start_process("webhook-operator", operator).unwrap();
     eprintln!("operator log: {}", log.display());
@@ -137,6 +141,7 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         operator.args([
             format!("--webhook-addr=127.0.0.1:{webhook_port}"),
             format!("--webhook-cert-dir={}", cert_dir.display()),
+            format!("--webhook-client-ca-file={}", cp.webhook_client_ca().display()),
         ]);
         let (child, log) = cp.start_process(identity, operator).unwrap();
         eprintln!("operator log: {}", log.display());
@@ -195,19 +200,6 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
 
 /// Writes a new CA and a serving certificate for 127.0.0.1 signed by it into `dir` as
 /// `tls.crt`/`tls.key`, replacing both files at once as the kubelet does; returns the CA.
-fn write_serving_pair(dir: &std::path::Path) -> String {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
-    std::fs::write(dir.join("tls.crt.new"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).unwrap();
-    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
-    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
-    ca.pem()
-}
-
 async fn set_ca_bundle(vwcs: &Api<ValidatingWebhookConfiguration>, ca_pem: &str) {
     let mut configuration = vwcs.get("taimatsu-operator").await.unwrap();
     for webhook in configuration.webhooks.iter_mut().flatten() {

@@ -45,6 +45,19 @@ fn helm_ok(cp: Option<&ControlPlane>, args: &[&str]) -> String {
     helm_tool().ok(cp.map(|cp| cp.kubeconfig("taimatsu-admin")).as_deref(), args)
 }
 
+/// `--set-file` of a webhook client CA (`webhook.clientAuth.caBundle`), which the chart
+/// requires by default: any CA will do for rendering.
+fn client_ca_file() -> String {
+    static FILE: OnceLock<String> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-webhook-client-ca.crt");
+        let ca = taimatsu_tests::certs::ca_named("helm-test-webhook-client-ca").expect("a CA");
+        std::fs::write(&path, ca.pem()).expect("write the CA");
+        format!("webhook.clientAuth.caBundle={}", path.display())
+    })
+    .clone()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -124,10 +137,12 @@ fn needs_foreign_crd(doc: &Value) -> bool {
 #[tokio::test]
 #[ignore = "needs helm (hack/helm.sh, TAIMATSU_HELM): hack/test.sh runs it"]
 async fn helm_lint_strict_passes() {
+    let ca = client_ca_file();
     for args in [
         vec!["lint", "--strict", &chart("taimatsu-crds")],
-        vec!["lint", "--strict", &chart("taimatsu")],
-        vec!["lint", "--strict", &chart("taimatsu"), "--set", "webhook.certManager.enabled=true"],
+        vec!["lint", "--strict", &chart("taimatsu"), "--set-file", &ca],
+        vec!["lint", "--strict", &chart("taimatsu"), "--set", "webhook.certManager.enabled=true", "--set-file", &ca],
+        vec!["lint", "--strict", &chart("taimatsu"), "--set", "webhook.clientAuth.mode=none"],
         vec![
             "lint",
             "--strict",
@@ -164,6 +179,58 @@ async fn helm_values_schema_rejects_bad_values_naming_the_field() {
 }
 
 #[tokio::test]
+#[ignore = "needs helm (hack/helm.sh, TAIMATSU_HELM): hack/test.sh runs it"]
+async fn helm_requires_the_webhook_client_ca_or_an_explicit_opt_out() {
+    // Defaults without the API server's webhook client CA: refused, naming the value and
+    // the opt-out.
+    let out = helm(None, &["template", "t", &chart("taimatsu")]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "rendered without a webhook client CA");
+    assert!(
+        stderr.contains("webhook.clientAuth.caBundle") && stderr.contains("webhook.clientAuth.mode=none"),
+        "{stderr}"
+    );
+
+    // With it: the CA in a ConfigMap, mounted where the operator is told to read it.
+    let docs = documents(&helm_ok(None, &["template", "t", &chart("taimatsu"), "--set-file", &client_ca_file()]));
+    let configmap = one(&docs, "ConfigMap");
+    assert_eq!(configmap["metadata"]["name"], "t-taimatsu-webhook-client-ca");
+    assert!(configmap["data"]["ca.crt"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"].as_array().unwrap().iter().any(|v| v["configMap"]["name"] == "t-taimatsu-webhook-client-ca")
+    );
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/etc/taimatsu/webhook-client"), "{mounts:?}");
+
+    // The opt-out for managed control planes: no CA, and the operator is told so.
+    let docs =
+        documents(&helm_ok(None, &["template", "t", &chart("taimatsu"), "--set", "webhook.clientAuth.mode=none"]));
+    let args = operator_args(&docs);
+    assert!(args.contains(&"--webhook-client-auth=none".to_owned()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--webhook-client-ca-file")), "{args:?}");
+    assert!(find(&docs, "ConfigMap").is_empty());
+
+    // The webhook port limited to the API server's addresses when they are given.
+    let docs = documents(&helm_ok(
+        None,
+        &[
+            "template",
+            "t",
+            &chart("taimatsu"),
+            "--set-file",
+            &client_ca_file(),
+            "--set",
+            "networkPolicy.webhookSourceCIDRs={192.0.2.10/32}",
+        ],
+    ));
+    assert_eq!(
+        one(&docs, "NetworkPolicy")["spec"]["ingress"][0],
+        json!({ "ports": [{ "port": "webhook", "protocol": "TCP" }], "from": [{ "ipBlock": { "cidr": "192.0.2.10/32" } }] })
+    );
+}
+
+#[tokio::test]
 #[ignore = "needs helm and the test control plane: hack/test.sh runs it"]
 async fn helm_templates_pass_strict_server_side_validation() {
     with_namespace("helm_template", |client, ns| async move {
@@ -171,7 +238,9 @@ async fn helm_templates_pass_strict_server_side_validation() {
         crds::ensure_installed(&client).await.expect("CRDs");
         let operator_chart = chart("taimatsu");
         let render = |sets: &[&str]| {
+            let ca = client_ca_file();
             let mut args = vec!["template", "helm-dry-run", operator_chart.as_str(), "-n", ns.as_str()];
+            args.extend(["--set-file", ca.as_str()]);
             for set in sets {
                 args.extend(["--set", set]);
             }
@@ -197,6 +266,9 @@ async fn helm_templates_pass_strict_server_side_validation() {
                 "--audit-stdout=true",
                 "--webhook-addr=0.0.0.0:9443",
                 "--webhook-cert-dir=/etc/taimatsu/webhook",
+                "--webhook-client-auth=certificate",
+                "--webhook-client-ca-file=/etc/taimatsu/webhook-client/ca.crt",
+                "--webhook-client-names=kube-apiserver",
                 "--operator-pod-labels=app.kubernetes.io/instance=helm-dry-run,app.kubernetes.io/name=taimatsu",
                 "--dns-namespace=kube-system",
                 "--dns-pod-labels=k8s-app=kube-dns",
@@ -436,7 +508,9 @@ async fn helm_install_upgrade_uninstall() {
         // generating a new one. Shown with a server-side dry run (lookup reaches the cluster;
         // nothing is persisted, so no webhook is registered): a Secret as the chart would have
         // made it, owned by the release, must come back unchanged, with its CA in caBundle.
-        let rendered = documents(&helm_ok(None, &["template", "taimatsu", &chart("taimatsu"), "-n", &ns]));
+        let ca = client_ca_file();
+        let rendered =
+            documents(&helm_ok(None, &["template", "taimatsu", &chart("taimatsu"), "-n", &ns, "--set-file", &ca]));
         let mut existing: Secret = serde_json::from_value(one(&rendered, "Secret").clone()).expect("Secret");
         let meta = &mut existing.metadata;
         meta.annotations = Some(
@@ -458,6 +532,8 @@ async fn helm_install_upgrade_uninstall() {
                 &ns,
                 "--set",
                 "webhook.enabled=true",
+                "--set-file",
+                &ca,
                 "--dry-run=server",
                 "-o",
                 "json",

@@ -153,6 +153,12 @@ impl ControlPlane {
         &self.dir
     }
 
+    /// The CA of the client certificate this API server presents to admission webhooks
+    /// (`--webhook-client-ca-file` of an operator whose webhook it calls).
+    pub fn webhook_client_ca(&self) -> PathBuf {
+        self.dir.join("pki").join("webhook-client-ca.crt")
+    }
+
     /// Kubeconfig file for one of [`USERS`].
     pub fn kubeconfig(&self, user: &str) -> PathBuf {
         self.dir.join(format!("{user}.kubeconfig"))
@@ -317,6 +323,34 @@ impl ControlPlane {
         Ok(client_url)
     }
 
+    /// An AdmissionConfiguration that gives the API server a client certificate for every
+    /// webhook it calls (the kubeconfig user `*` matches any webhook host), as Kubernetes
+    /// documents for API servers that authenticate to webhooks.
+    fn write_webhook_admission(&self, pki: &Pki) -> anyhow::Result<PathBuf> {
+        let kubeconfig = self.dir.join("webhook-client.kubeconfig");
+        let users = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "users": [{ "name": "*", "user": {
+                "client-certificate": pki.webhook_client_cert, "client-key": pki.webhook_client_key,
+            } }],
+        });
+        std::fs::write(&kubeconfig, serde_yaml::to_string(&users)?)?;
+        let webhooks = serde_json::json!({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": kubeconfig,
+        });
+        let admission = serde_json::json!({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": [
+                { "name": "ValidatingAdmissionWebhook", "configuration": webhooks },
+                { "name": "MutatingAdmissionWebhook", "configuration": webhooks },
+            ],
+        });
+        let file = self.dir.join("admission.yaml");
+        std::fs::write(&file, serde_yaml::to_string(&admission)?)?;
+        Ok(file)
+    }
+
     fn start_apiserver(&self, pki: &Pki, port: u16, etcd_url: &str, pod_ip: Option<IpAddr>) -> anyhow::Result<()> {
         let path = |p: &Path| p.display().to_string();
         let reachability = match pod_ip {
@@ -342,6 +376,7 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", path(&pki.serving_cert)),
                 format!("--tls-private-key-file={}", path(&pki.serving_key)),
                 format!("--client-ca-file={}", path(&pki.ca_cert)),
+                format!("--admission-control-config-file={}", path(&self.write_webhook_admission(pki)?)),
                 format!("--token-auth-file={}", self.dir.join("tokens.csv").display()),
                 "--authorization-mode=RBAC".into(),
                 // /16: room for a Service per ModelDeployment in the 1000-deployment benchmark.

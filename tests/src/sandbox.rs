@@ -118,6 +118,8 @@ impl Sandbox {
             .arg(format!("--audit-log={}", audit_log.display()))
             .arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
             .arg("--webhook-dns-names=127.0.0.1")
+            .arg(format!("--webhook-client-ca-file={}", cp.webhook_client_ca().display()))
+            .arg(format!("--webhook-client-names={}", crate::certs::WEBHOOK_CLIENT_NAME))
             .arg(format!("--analysis-pod-cidrs={}", crate::addresses::served_pods()))
             .arg(format!("--hf-mirror={}", hub.url))
             .arg(format!("--webhook-cert-dir={}", config.state_dir.join("no-webhook-certs").display()));

@@ -178,3 +178,18 @@ pub async fn worker_deployments(client: &Client, ns: &str, name: &str) -> Vec<De
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default().labels(&format!("taimatsu.dev/model-deployment={name}"))).await.expect("list").items
 }
+
+/// Writes a webhook serving certificate for 127.0.0.1 as `tls.crt`/`tls.key` in `dir` (each
+/// replaced in one rename, as the kubelet swaps a Secret's files) and returns its CA.
+pub fn write_serving_pair(dir: &std::path::Path) -> String {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("tls.crt.new"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("tls.key.new"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    ca.pem()
+}
