@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::audit::ControlPlaneAudit;
 pub use crate::webhook_client_auth::ClientAuth;
+use crate::webhook_client_auth::RefusalLog;
 pub use crate::webhook_tls::TlsSettings;
 
 /// Where and how the webhook serves.
@@ -101,6 +102,7 @@ pub async fn serve(
     let tls = crate::webhook_tls::server_config(&client, &config.tls, &config.client_auth).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let client_auth = Arc::new(config.client_auth.clone());
+    let refusals = Arc::new(RefusalLog::default());
     if client_auth.as_ref() == &ClientAuth::None {
         warn!("--webhook-client-auth=none: any caller that reaches the webhook can forge admission records");
     }
@@ -112,15 +114,16 @@ pub async fn serve(
         loop {
             let Ok((tcp, peer)) = listener.accept().await else { continue };
             let (acceptor, app, client_auth) = (acceptor.clone(), app.clone(), client_auth.clone());
+            let refusals = refusals.clone();
             tokio::spawn(async move {
                 // A caller without a certificate from the client CA fails the handshake.
                 let stream = match acceptor.accept(tcp).await {
                     Ok(stream) => stream,
-                    Err(e) => return warn!(%peer, error = %e, "webhook caller refused at the TLS handshake"),
+                    Err(e) => return refusals.refused(peer, &format!("TLS handshake: {e}")),
                 };
                 let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
                 if let Err(why) = client_auth.check_name(leaf) {
-                    return warn!(%peer, reason = %why, "webhook caller refused");
+                    return refusals.refused(peer, &why);
                 }
                 let service = TowerToHyperService::new(app);
                 if let Err(e) =

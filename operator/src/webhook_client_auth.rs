@@ -103,6 +103,31 @@ impl ClientAuth {
     }
 }
 
+/// Logs refused callers without letting a flood of them flood the log: the first refusal,
+/// then at most one line per [`REFUSAL_LOG_INTERVAL`] that counts the ones in between.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// See [`RefusalLog`].
+pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl RefusalLog {
+    /// Records one refusal of `peer` for `reason`; logs it if the interval has passed.
+    pub fn refused(&self, peer: std::net::SocketAddr, reason: &str) {
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+            *suppressed += 1;
+            return;
+        }
+        tracing::warn!(%peer, reason, others_since_last_line = *suppressed, "webhook caller refused");
+        (*last, *suppressed) = (Some(now), 0);
+    }
+}
+
 /// The subject common names and DNS subject alternative names of a certificate.
 fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::extensions::GeneralName;

@@ -17,6 +17,9 @@ use taimatsu_tests::wait::poll_until;
 
 use common::*;
 
+/// Forged reviews sent in a row by the flood.
+const FLOOD: usize = 500;
+
 /// A review that says alice updated `ml/chat` to generation 7.
 fn forged_review(uid: &str) -> Value {
     json!({
@@ -141,8 +144,19 @@ async fn a_forged_admission_review_is_refused_and_never_recorded() {
     assert!(!recorded(cp, "forgery-operator", "forged-anonymous"), "the anonymous forgery reached the chain");
     assert!(!recorded(cp, "forgery-operator", "forged-rogue"), "the rogue-CA forgery reached the chain");
     assert!(!recorded(cp, "forgery-operator", "forged-misnamed"), "the misnamed forgery reached the chain");
-    let refusals = std::fs::read_to_string(&log).unwrap();
-    assert!(refusals.contains("webhook caller refused"), "the refusals are logged: {log:?}");
+    // A flood of forgeries (which, recorded, would fill the audit volume until the pod is
+    // evicted and, fail-closed, no Model could be written): not one byte is appended.
+    let audit_size = || std::fs::metadata(audit_log(cp, "forgery-operator")).unwrap().len();
+    let before = audit_size();
+    let flood = caller(&serving_ca, None);
+    for n in 0..FLOOD {
+        let review = forged_review(&format!("flood-{n}"));
+        assert!(flood.post(&url).json(&review).send().await.is_err(), "forgery {n} was answered");
+    }
+    assert_eq!(audit_size(), before, "the flood reached the audit file");
+    // Logged, but not once per forgery: the flood would flood the log too.
+    let refusals = std::fs::read_to_string(&log).unwrap().matches("webhook caller refused").count();
+    assert!((1..FLOOD).contains(&refusals), "{refusals} refusal lines for {FLOOD} forgeries: {log:?}");
 
     let _ = child.kill();
     let _ = child.wait();
