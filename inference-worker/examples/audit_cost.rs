@@ -57,6 +57,8 @@ fn record(i: u64, prompt_sha256: String, response_sha256: String) -> RequestReco
         finish_reason: Some("stop".to_owned()),
         prompt: None,
         response: None,
+        count: None,
+        since: None,
     }
 }
 

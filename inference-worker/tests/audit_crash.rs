@@ -121,3 +121,49 @@ fn full_audit_keeps_redacted_text_and_hashes_of_the_original() {
     assert!(record["response"].is_string());
     assert!(!std::fs::read_to_string(&log).unwrap().contains("123-45-6789"));
 }
+
+/// Attack: 10,000 requests without a valid API key. One record each would let anyone who
+/// reaches the port write as many records as they send, and push real ones out of any
+/// retention window; they are counted per interval instead, so the records they add are
+/// bounded by time, not by their number, and still say how many there were.
+#[test]
+fn unauthenticated_requests_add_a_bounded_number_of_records() {
+    const FLOOD: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "sk-real-0123456789abcdef\n").unwrap();
+    let w = start(&log, &[&format!("--api-keys={}", keys.display()), "--audit-refusal-interval-secs=1"]);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let url = w.url("/v1/chat/completions");
+            s.spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let body = json!({ "model": "smollm2", "messages": [{ "role": "user", "content": "hi" }] });
+                for n in 0..FLOOD / 4 {
+                    let key = if n % 2 == 0 { format!("sk-guess-{t}-{n}") } else { String::new() };
+                    let status = client.post(&url).bearer_auth(key).json(&body).send().unwrap().status().as_u16();
+                    assert_eq!(status, 401);
+                }
+            });
+        }
+    });
+    let refused = |records: &[Value]| -> u64 {
+        let records = records.iter().map(|r| &r["record"]);
+        records.filter(|r| r["kind"] == "refused-requests").map(|r| r["count"].as_u64().unwrap()).sum()
+    };
+    poll_blocking(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || std::fs::metadata(&log).ok().and_then(|_| (refused(&records(&log).1) == FLOOD).then_some(())),
+        || format!("the refused-requests records do not add up to {FLOOD}: {:?}", records(&log).1),
+    );
+    let elapsed = started.elapsed().as_secs();
+    let (count, all) = records(&log);
+    // One record per interval of 1 s with refusals (one endpoint, one status), plus the
+    // interval in progress at either end.
+    assert!(count <= elapsed + 2, "{count} records for {FLOOD} refused requests in {elapsed} s");
+    let all: Vec<&Value> = all.iter().map(|r| &r["record"]).collect();
+    assert!(all.iter().all(|r| r["kind"] == "refused-requests" && r["status"] == 401 && r["since"].is_string()));
+}

@@ -3,8 +3,10 @@
 
 pub mod level;
 pub mod record;
+pub mod refusals;
 pub mod writer;
 
 pub use level::AuditLevel;
 pub use record::{RequestRecord, redact};
+pub use refusals::RefusedRequests;
 pub use writer::{AuditCounters, AuditLog, AuditSinks, FailurePolicy, FsyncPolicy};

@@ -29,6 +29,39 @@ pub struct RequestRecord {
     pub prompt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// Records that stand for several requests (`refused-requests`): how many, and since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+impl RequestRecord {
+    /// A record with every field empty, for the records that are not one request's.
+    pub fn empty() -> Self {
+        RequestRecord {
+            kind: "",
+            time: String::new(),
+            request_id: String::new(),
+            caller: None,
+            endpoint: "",
+            model: String::new(),
+            model_digest: String::new(),
+            revision: String::new(),
+            pod: String::new(),
+            status: 0,
+            latency_ms: 0.0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            prompt_sha256: String::new(),
+            response_sha256: String::new(),
+            finish_reason: None,
+            prompt: None,
+            response: None,
+            count: None,
+            since: None,
+        }
+    }
 }
 
 /// Replaces every match of the deployment's redaction patterns with `[REDACTED]`.

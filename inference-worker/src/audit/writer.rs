@@ -180,22 +180,9 @@ fn chain_restart_record(broken: &Path) -> RequestRecord {
     RequestRecord {
         kind: "chain-restarted",
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        request_id: String::new(),
-        caller: None,
-        endpoint: "",
-        model: String::new(),
-        model_digest: String::new(),
-        revision: String::new(),
         pod: std::env::var("POD_NAME").unwrap_or_default(),
-        status: 0,
-        latency_ms: 0.0,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        prompt_sha256: String::new(),
-        response_sha256: String::new(),
-        finish_reason: None,
-        prompt: None,
         response: Some(format!("previous log did not verify and was moved to {}", broken.display())),
+        ..RequestRecord::empty()
     }
 }
 

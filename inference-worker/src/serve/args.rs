@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Also write audit records to stdout (logs go to stderr).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub audit_stdout: bool,
+    /// Seconds between the records of refused (unauthenticated) requests, which are counted
+    /// per interval rather than recorded one by one.
+    #[arg(long, default_value_t = 60)]
+    pub audit_refusal_interval_secs: u64,
     /// When audit records are fsynced (see the README for what a crash can lose).
     #[arg(long, value_enum, default_value_t = Fsync::Interval)]
     pub audit_fsync: Fsync,

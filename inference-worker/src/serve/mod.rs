@@ -103,6 +103,7 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
         request_timeout: Duration::from_secs(args.request_timeout_secs),
         audit,
         audit_level: args.audit_level,
+        refused: Default::default(),
         redact,
         metrics,
         trace_requests: telemetry.traces_enabled(),
@@ -118,16 +119,36 @@ pub async fn run(args: ServeArgs, telemetry: &taimatsu_telemetry::Telemetry) -> 
         axum::serve(metrics_listener, router::metrics(state.clone())).with_graceful_shutdown(shutdown.clone().wait());
     let loading = load(state.clone(), &args, manifest);
     let keys_reload = reload_keys(state.clone());
+    let refusals = record_refusals(state.clone(), Duration::from_secs(args.audit_refusal_interval_secs.max(1)));
 
     let result = tokio::select! {
         r = api_server.into_future() => r.map_err(|e| Failure::new("ServeFailed", e.to_string())),
         r = metrics_server.into_future() => r.map_err(|e| Failure::new("ServeFailed", e.to_string())),
         r = async { loading.await?; std::future::pending::<Result<(), Failure>>().await } => r,
         _ = keys_reload => Ok(()),
+        _ = refusals => Ok(()),
     };
     state.readiness.set(false);
+    submit_refusals(&state);
     state.audit.flush().await;
     result
+}
+
+/// Every `interval`, the refused requests counted since the last one become their records.
+async fn record_refusals(state: Arc<AppState>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        submit_refusals(&state);
+    }
+}
+
+fn submit_refusals(state: &AppState) {
+    for record in state.refused.take(&state.pod) {
+        // Not awaited: no response waits for it.
+        let _ = state.audit.submit(record);
+    }
 }
 
 /// Verifies, loads and warms up, then marks ready. For vLLM it keeps supervising.

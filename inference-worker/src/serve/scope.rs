@@ -15,6 +15,8 @@ use crate::audit::{AuditLevel, RequestRecord, redact};
 
 /// Status recorded when the client disconnected before the response ended (nginx's 499).
 pub const CLIENT_CLOSED: u16 = 499;
+/// A request without a valid API key: counted, not recorded one by one.
+const UNAUTHORIZED: u16 = 401;
 
 pub struct RequestScope {
     state: Arc<AppState>,
@@ -199,6 +201,11 @@ impl RequestScope {
         if self.state.audit_level == AuditLevel::None || !self.state.audit.enabled() {
             return None;
         }
+        if self.status == UNAUTHORIZED {
+            // Counted into the interval's refused-requests record (audit/refusals.rs).
+            self.state.refused.count(self.endpoint.as_str(), self.status);
+            return None;
+        }
         let patterns = &self.state.redact;
         let record = RequestRecord {
             kind: "request",
@@ -219,6 +226,8 @@ impl RequestScope {
             finish_reason: self.finish_reason.take(),
             prompt: self.prompt_text.take().map(|t| redact(&t, patterns)),
             response: self.response_text.take().map(|t| redact(&t, patterns)),
+            count: None,
+            since: None,
         };
         self.state.audit.submit(record)
     }

@@ -7,7 +7,7 @@ use super::admission::Admission;
 use super::auth::Auth;
 use super::metrics::Metrics;
 use crate::api::validate::RequestLimits;
-use crate::audit::{AuditLevel, AuditLog};
+use crate::audit::{AuditLevel, AuditLog, RefusedRequests};
 use crate::backend::{Backend, Readiness};
 
 pub struct AppState {
@@ -25,6 +25,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     pub audit: AuditLog,
     pub audit_level: AuditLevel,
+    /// Refused requests of the current interval, recorded together.
+    pub refused: RefusedRequests,
     pub redact: Vec<regex::Regex>,
     pub metrics: Arc<Metrics>,
     /// Whether each request gets a trace span (only when OTLP trace export is configured).

@@ -20,6 +20,8 @@ const MODEL_DIR: &str = "/models";
 const MANIFEST_DIR: &str = "/etc/taimatsu/manifest";
 const API_KEYS_DIR: &str = "/etc/taimatsu/api-keys";
 const CA_DIR: &str = "/etc/taimatsu/ca";
+/// The worker's request audit log, on the pod's audit volume.
+pub const AUDIT_DIR: &str = "/var/lib/taimatsu/audit";
 /// Where the fetch container sees a `pvc://<claim>/…` source's volume.
 const PVC_MOUNT_ROOT: &str = "/mnt/taimatsu/pvc";
 
@@ -94,10 +96,14 @@ pub fn worker(inputs: &Inputs<'_>, gpus: i32) -> Container {
         ),
     ];
     args.extend(spec.audit.redact_patterns.iter().map(|p| format!("--audit-redact={p}")));
+    // A file on the pod's volume (the chain continues across container restarts) and stdout
+    // (for the log pipeline), which the worker writes by default.
+    args.push(format!("--audit-log={AUDIT_DIR}/requests.jsonl"));
     let mut mounts = vec![
         mount(volumes::MODELS, MODEL_DIR, true),
         mount(volumes::MANIFEST, MANIFEST_DIR, true),
         mount(volumes::TMP, "/tmp", false),
+        mount(volumes::AUDIT, AUDIT_DIR, false),
     ];
     if spec.access.api_key_secret_ref.is_some() {
         args.push(format!("--api-keys={API_KEYS_DIR}/keys"));

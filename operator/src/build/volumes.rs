@@ -21,6 +21,9 @@ pub const TMP: &str = "tmp";
 pub const DSHM: &str = "dshm";
 /// The API keys the worker accepts.
 pub const API_KEYS: &str = "api-keys";
+/// The worker's request audit log: on a volume of the pod, so that a restarted container
+/// continues the same chain (the worker resumes the file it finds).
+pub const AUDIT: &str = "audit";
 /// The claim of a `pvc://` source.
 pub const MODEL_SOURCE: &str = "model-source";
 /// The CA bundle of the model source.
@@ -41,6 +44,12 @@ pub fn volumes(inputs: &Inputs<'_>, gpus: i32) -> Vec<Volume> {
             ..Volume::default()
         },
         empty_dir(TMP, EmptyDirVolumeSource::default()),
+        // Past the limit the kubelet evicts the pod: records go to stdout too, the copy a
+        // log pipeline ships off the node.
+        empty_dir(
+            AUDIT,
+            EmptyDirVolumeSource { size_limit: Some(Quantity(AUDIT_VOLUME_SIZE.to_owned())), medium: None },
+        ),
     ];
     if gpus > 1 {
         // NCCL exchanges tensors through /dev/shm between tensor-parallel ranks.
@@ -66,6 +75,9 @@ pub fn volumes(inputs: &Inputs<'_>, gpus: i32) -> Vec<Volume> {
     }
     volumes
 }
+
+/// The size limit of the audit volume (a metadata record is ≈ 0.5 KB: millions of requests).
+pub const AUDIT_VOLUME_SIZE: &str = "1Gi";
 
 fn empty_dir(name: &str, source: EmptyDirVolumeSource) -> Volume {
     Volume { name: name.to_owned(), empty_dir: Some(source), ..Volume::default() }
