@@ -4,6 +4,7 @@
 
 pub mod address_scope;
 pub mod audit_chain;
+pub mod audit_tail;
 pub mod egress_ranges;
 pub mod engine;
 pub mod file_verify;
