@@ -14,6 +14,7 @@ pub mod memory_fit;
 pub mod model_format;
 pub mod parameters;
 pub mod quantization;
+pub mod redact;
 pub mod vllm;
 
 pub use address_scope::{AddressScope, OutOfScope, ScopeParseError};
