@@ -160,6 +160,9 @@ impl ControlPlaneAudit {
         let records: Vec<(Value, Option<String>)> = records
             .into_iter()
             .map(|mut record| {
+                // A chained record cannot be erased: no credential an error text echoed
+                // (URL user info, a pre-signed query, an Authorization value) enters it.
+                taimatsu_core::redact::redact_json(&mut record);
                 let decision = record.get("decision").and_then(Value::as_str).map(decision_digest);
                 if let Some(obj) = record.as_object_mut() {
                     obj.insert("time".into(), Value::String(now_rfc3339()));
