@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use taimatsu_core::audit_chain;
@@ -22,27 +22,6 @@ use common::*;
 
 /// The head the test operator (`setup`) keeps: `--audit-head` default, lease namespace.
 const OPERATOR_HEAD: &str = "taimatsu-audit-head";
-
-/// Rewrites the head ConfigMap `name` in `default` with `edit`, retrying on a conflict
-/// with the operator's own swaps.
-async fn tamper(client: &Client, name: &str, edit: impl Fn(&mut std::collections::BTreeMap<String, String>)) {
-    let heads: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    poll_until("the tampered head to be written", Duration::from_secs(30), || {
-        let heads = heads.clone();
-        let edit = &edit;
-        async move {
-            let mut head = heads.get(name).await?;
-            edit(head.data.get_or_insert_default());
-            match heads.replace(name, &PostParams::default(), &head).await {
-                Ok(_) => Ok(Some(())),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        }
-    })
-    .await
-    .expect("tamper with the head");
-}
 
 /// What the operator keeps of a decision id in `recent-decisions` (audit/head.rs).
 fn digest(decision: &str) -> String {
@@ -100,7 +79,7 @@ async fn a_planted_decision_digest_does_not_silence_the_next_revision() {
             .iter()
             .map(|event| digest(&format!("{uid}:{next}:{event}:2")))
             .collect();
-        tamper(&client, OPERATOR_HEAD, |data| {
+        tamper_head(&client, OPERATOR_HEAD, |data| {
             let recent = data.entry("recent-decisions".into()).or_default();
             for d in &planted {
                 recent.push('\n');
@@ -176,7 +155,7 @@ async fn a_line_planted_in_last_batch_is_never_copied_into_a_replica_file() {
     let planted = json!({ "seq": 3, "prev": last["hash"], "hash": "ab".repeat(32),
                           "record": { "event": "admission", "kind": "ModelDeployment", "namespace": "ml",
                                       "name": "chat", "generation": 9, "user": "alice" } });
-    tamper(&client, "planted-line-head", |data| set_head_line(data, &planted)).await;
+    tamper_head(&client, "planted-line-head", |data| set_head_line(data, &planted)).await;
     // A replica whose file lacks the last batch (it crashed after the swap): the head's
     // lines are what it would copy.
     let result = audit.append(json!({ "event": "three" })).await;
@@ -194,7 +173,7 @@ async fn an_edited_sequence_number_or_hash_in_the_head_is_refused() {
         audit.append(json!({ "event": "one" })).await.unwrap();
         let mut line = head_line(&client, head).await;
         line[key] = value;
-        tamper(&client, head, |data| set_head_line(data, &line)).await;
+        tamper_head(&client, head, |data| set_head_line(data, &line)).await;
         let result = audit.append(json!({ "event": "two" })).await;
         assert_refused(result, &file, 1);
         // And again: the refusal is not a one-off the next attempt gets past.

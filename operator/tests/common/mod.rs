@@ -178,3 +178,24 @@ pub async fn worker_deployments(client: &Client, ns: &str, name: &str) -> Vec<De
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default().labels(&format!("taimatsu.dev/model-deployment={name}"))).await.expect("list").items
 }
+
+/// Rewrites the head ConfigMap `name` in `default` with `edit`, retrying on a conflict
+/// with the operator's own swaps.
+pub async fn tamper_head(client: &Client, name: &str, edit: impl Fn(&mut std::collections::BTreeMap<String, String>)) {
+    let heads: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
+    taimatsu_tests::wait::poll_until("the tampered head to be written", Duration::from_secs(30), || {
+        let heads = heads.clone();
+        let edit = &edit;
+        async move {
+            let mut head = heads.get(name).await?;
+            edit(head.data.get_or_insert_default());
+            match heads.replace(name, &kube::api::PostParams::default(), &head).await {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await
+    .expect("tamper with the head");
+}
