@@ -4,6 +4,7 @@
 
 pub mod address_scope;
 pub mod audit_chain;
+pub mod audit_tail;
 pub mod egress_ranges;
 pub mod engine;
 pub mod file_verify;
@@ -13,6 +14,7 @@ pub mod memory_fit;
 pub mod model_format;
 pub mod parameters;
 pub mod quantization;
+pub mod redact;
 pub mod vllm;
 
 pub use address_scope::{AddressScope, OutOfScope, ScopeParseError};

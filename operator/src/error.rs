@@ -28,6 +28,8 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "client",
             Error::NoNamespace => "invalid-object",
+            // A head altered outside the operator: its own category, to alert on.
+            Error::Audit(crate::audit::AuditError::TamperedHead { .. }) => "audit-head-tampered",
             Error::Audit(_) => "audit",
             Error::Serialize(_) | Error::Stuck(_) => "internal",
             Error::ForeignChild { .. } => "ownership",

@@ -161,8 +161,9 @@ pub async fn publish_event(
     let event = Event {
         type_,
         reason: reason.as_str().into(),
-        // The Events API limits the note to 1 kB.
-        note: Some(note.chars().take(1000).collect()),
+        // The Events API limits the note to 1 kB; redacted first, so that the cut cannot
+        // leave half a credential the redaction no longer recognises.
+        note: Some(taimatsu_core::redact::redact(note).chars().take(1000).collect()),
         action: "Reconcile".into(),
         secondary: None,
     };

@@ -260,7 +260,9 @@ pub fn to_conditions(
                 type_: o.type_.to_owned(),
                 status,
                 reason: o.reason.as_str().to_owned(),
-                message: o.message.clone(),
+                // Readable by everyone who may read the object: no credential an error
+                // text echoed (a URL with user info or a pre-signed query) is kept.
+                message: taimatsu_core::redact::redact(&o.message).into_owned(),
                 last_transition_time: since,
                 observed_generation: generation,
             }

@@ -101,6 +101,9 @@ pub struct ModelSource {
     #[x_kube(validation = Rule::new("!self.startsWith('hf://') || self.matches('^hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+@[A-Za-z0-9._/-]+$')").message("spec.source.uri: an hf:// source must be hf://<org>/<name>@<revision>, the revision a commit id (or, where unpinned models are allowed, a branch or tag)"))]
     #[x_kube(validation = Rule::new("!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')").message("spec.source.uri: a pvc:// source must be pvc://<claim-name>/<path inside the volume>"))]
     #[x_kube(validation = Rule::new("!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')").message("spec.source.uri: an s3:// source must be s3://<bucket>/<prefix>"))]
+    // Credentials in the URI would reach every status, Event and audit record that names
+    // the source (a chained record cannot be erased), and everyone who may read the Model.
+    #[x_kube(validation = Rule::new("!self.matches('^[A-Za-z0-9+.-]+://[^/?#]*@')").message("spec.source.uri must not carry credentials (user info before '@', as in https://user:token@host/): put them in the Secret named by spec.source.credentialsSecretRef (key token for https, HF_TOKEN for hf, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3)"))]
     pub uri: String,
 
     /// For `hf://` sources: base URL of the in-house Hugging Face Hub mirror (what
@@ -110,6 +113,7 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://')").message("spec.source.hfMirror must be an https:// URL of an in-house mirror"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[A-Za-z0-9+.-]+://[^/?#]*@')").message("spec.source.hfMirror must not carry credentials (user info before '@', as in https://user:token@host/): put HF_TOKEN in the Secret named by spec.source.credentialsSecretRef"))]
     pub hf_mirror: Option<String>,
 
     /// Secret with credentials for the source: for s3, keys `AWS_ACCESS_KEY_ID`

@@ -1,5 +1,10 @@
 //! The chain's head as the ConfigMap in the operator's namespace holds it: the lines of
-//! the last swap, the recent decision ids and the recent admissions' requesters.
+//! the last swap and the recent admissions' requesters.
+//!
+//! Anyone with `edit` in that namespace (or the operator's own ConfigMap right) can write
+//! it, so its lines are verified as they are read: every hash recomputed and every link
+//! checked (`taimatsu_core::audit_tail`), and `last-record` must be the batch's last line.
+//! A head that fails is refused (`AuditError::TamperedHead`), never extended.
 
 use std::collections::BTreeMap;
 
@@ -8,18 +13,17 @@ use kube::Api;
 use kube::api::ObjectMeta;
 use serde_json::Value;
 use taimatsu_core::audit_chain::ChainState;
+use taimatsu_core::audit_tail::{VerifiedTail, verify_tail};
 
 use super::{AuditConfig, AuditError};
 
-/// The head as stored: the lines of the last swap, from whose last line sequence and
-/// hash are read.
+/// The head as stored: the lines of the last swap, verified, whose last line is where the
+/// chain stands.
 #[derive(Clone)]
 pub struct Head {
     pub state: ChainState,
-    /// Every line the last swap sealed, oldest first, each ending in a newline.
-    pub batch: String,
-    /// Digests of the decision ids of the latest records, oldest first.
-    pub recent: Vec<String>,
+    /// Every line the last swap sealed, oldest first, each verified as a link.
+    pub tail: VerifiedTail,
     /// `namespace/name/generation "user"` of the latest ModelDeployment admissions, oldest first.
     pub requesters: Vec<String>,
     pub resource_version: Option<String>,
@@ -28,43 +32,38 @@ pub struct Head {
 /// The last sealed line: what `kubectl taimatsu audit verify --against-cluster` compares.
 const LINE_KEY: &str = "last-record";
 const BATCH_KEY: &str = "last-batch";
-const RECENT_KEY: &str = "recent-decisions";
+// Earlier versions also kept `recent-decisions` (digests of recent decision ids, which a
+// writer of the head could plant to silence a decision). It is never read; a swap
+// replaces the whole ConfigMap, so it is gone after the first.
 const REQUESTERS_KEY: &str = "recent-requesters";
 /// Admissions remembered by the head: the leader looks a generation up moments after its
 /// admission, so this only has to outlast a burst of changes.
 pub const REQUESTERS_LIMIT: usize = 256;
-/// Decision ids remembered by the head: far more than one reconcile's retries can need.
-pub const RECENT_LIMIT: usize = 512;
 
 impl Head {
     /// Reads the head ConfigMap `name` (an empty chain's head when there is none).
     pub async fn read(api: &Api<ConfigMap>, name: &str) -> Result<Head, AuditError> {
         let Some(map) = api.get_opt(name).await? else {
-            return Ok(Head {
-                state: ChainState::default(),
-                batch: String::new(),
-                recent: Vec::new(),
-                requesters: Vec::new(),
-                resource_version: None,
-            });
+            let tail = verify_tail("").map_err(|e| AuditError::MalformedHead(name.to_owned(), e.to_string()))?;
+            return Ok(Head { state: ChainState::default(), tail, requesters: Vec::new(), resource_version: None });
         };
-        let malformed = |why: String| AuditError::MalformedHead(name.to_owned(), why);
         let data = map.data.unwrap_or_default();
         // A head written before batches has only its last line.
         let batch = data.get(BATCH_KEY).or(data.get(LINE_KEY)).cloned().unwrap_or_default();
-        let state = match batch.lines().last() {
-            None => ChainState::default(),
-            Some(l) => {
-                let v: Value = serde_json::from_str(l).map_err(|e| malformed(e.to_string()))?;
-                let seq = v["seq"].as_u64().ok_or_else(|| malformed("no seq".into()))?;
-                let hash = v["hash"].as_str().ok_or_else(|| malformed("no hash".into()))?;
-                ChainState { last_seq: seq, last_hash: hash.to_owned() }
-            }
-        };
-        let lines = |key| data.get(key).map(|r| r.lines().map(str::to_owned).collect()).unwrap_or_default();
-        let (recent, requesters) = (lines(RECENT_KEY), lines(REQUESTERS_KEY));
         let batch = if batch.is_empty() || batch.ends_with('\n') { batch } else { batch + "\n" };
-        Ok(Head { state, batch, recent, requesters, resource_version: map.metadata.resource_version })
+        let tampered = |problem: String| {
+            tracing::error!(head = name, %problem, "the audit head was altered outside the operator; refusing to extend it");
+            AuditError::TamperedHead { name: name.to_owned(), problem }
+        };
+        let tail = verify_tail(&batch).map_err(|e| tampered(format!("{BATCH_KEY} {e}")))?;
+        // What `kubectl taimatsu audit verify --against-cluster` compares: the same line.
+        if let Some(last) = data.get(LINE_KEY)
+            && last.trim_end() != batch.lines().last().unwrap_or_default()
+        {
+            return Err(tampered(format!("{LINE_KEY} is not the last line of {BATCH_KEY}")));
+        }
+        let requesters = data.get(REQUESTERS_KEY).map(|r| r.lines().map(str::to_owned).collect()).unwrap_or_default();
+        Ok(Head { state: tail.last.clone(), tail, requesters, resource_version: map.metadata.resource_version })
     }
 }
 
@@ -72,7 +71,6 @@ impl Head {
 pub fn config_map(
     config: &AuditConfig,
     lines: &str,
-    recent: &[String],
     requesters: &[String],
     resource_version: Option<String>,
 ) -> ConfigMap {
@@ -91,7 +89,6 @@ pub fn config_map(
         data: Some(BTreeMap::from([
             (LINE_KEY.to_owned(), last.to_owned()),
             (BATCH_KEY.to_owned(), lines.to_owned()),
-            (RECENT_KEY.to_owned(), recent.join("\n")),
             (REQUESTERS_KEY.to_owned(), requesters.join("\n")),
         ])),
         ..Default::default()
@@ -110,8 +107,7 @@ pub fn requester_line(record: &Value) -> Option<String> {
     Some(format!("{ns}/{name}/{generation} {user}"))
 }
 
-/// What the head remembers of a decision id: a short digest, so that 512 of them stay a few
-/// kilobytes of every swap.
+/// What this replica remembers of a decision id: a short digest.
 pub fn decision_digest(decision: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(decision.as_bytes())[..8])

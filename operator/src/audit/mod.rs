@@ -11,10 +11,21 @@
 //! and a torn last line is dropped (it was never acknowledged). Each replica that has led
 //! keeps its own file, a segment of the chain; `kubectl taimatsu audit verify` merges them.
 //!
+//! The head is not trusted: whoever can write the ConfigMap could otherwise plant lines or
+//! edit the head's sequence number and hash. Its lines are verified as they are read (every
+//! hash recomputed, `head.rs`), then against the chain this replica verified itself (its
+//! file, and the head it saw last): a head that rewrites a record this replica knows, or
+//! stands behind it, is refused, and lines are copied into the file only when they continue
+//! the file's chain link by link. A refused head stops this replica's audit, loudly (an
+//! error log, reconcile errors of category `audit-head-tampered`, admissions denied with
+//! the reason): acting unaudited, or sealing on a forged state, would be worse. The way
+//! back is in docs/security.md.
+//!
 //! Exactly once: a decision is audited before it is acted on, so a crash in between makes
 //! the retry audit it again. A record that carries a `decision` id is therefore appended
-//! only if the head's list of recent decision ids (short digests of them, swapped together
-//! with the head) does not hold it yet.
+//! only if its record is already in the chain this replica verified (`decisions.rs`): its
+//! file, its own swaps, the head lines it checked. The head's word alone (a list of ids)
+//! never suffices.
 //!
 //! Group commit: records appended while a swap is in flight wait together and are sealed
 //! by the next swap, up to `MAX_BATCH` at a time, so a thousand concurrent reconciles cost
@@ -27,6 +38,7 @@
 //! generations the admission webhook recorded (`recent-requesters`), so the leader can name
 //! the user on a revision even when another replica's webhook admitted the change.
 
+mod decisions;
 mod head;
 mod segment;
 
@@ -38,10 +50,12 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::Value;
 use taimatsu_core::audit_chain::ChainState;
+use taimatsu_core::audit_tail::Contradiction;
 use tokio::sync::{Mutex, oneshot};
 
-use self::head::{Head, RECENT_LIMIT, REQUESTERS_LIMIT, decision_digest, requester_line};
-use self::segment::{missing_lines, open_segment};
+use self::decisions::Decisions;
+use self::head::{Head, REQUESTERS_LIMIT, decision_digest, requester_line};
+use self::segment::open_segment;
 
 /// Where the trail goes.
 #[derive(Clone, Debug)]
@@ -67,10 +81,14 @@ pub enum AuditError {
     Broken { path: String, problem: String },
     #[error("audit head ConfigMap {0} is malformed: {1}")]
     MalformedHead(String, String),
+    #[error(
+        "audit head ConfigMap {name} was altered outside the operator ({problem}); refusing to extend it: compare it with the replicas' files (kubectl taimatsu audit verify --against-cluster) and restore it from the leader's file (docs/security.md)"
+    )]
+    TamperedHead { name: String, problem: String },
     #[error("the audit head kept changing under this replica (another leader?)")]
     Contended,
     #[error(
-        "audit file {path} ends at record {file_seq} but the chain's head in the API server is at record {head_seq}: the head was reset (an etcd restore, or a new cluster); appending would fork the chain. Keep the file as evidence, move it aside, and restart the operator to start a new chain"
+        "audit chain of this replica ({path}) reaches record {file_seq} but the chain's head in the API server is at record {head_seq}: the head was reset (an etcd restore, or a new cluster); appending would fork the chain. Keep the file as evidence, move it aside, and restart the operator to start a new chain"
     )]
     Diverged { path: String, file_seq: u64, head_seq: u64 },
     /// The swap that was to seal this record together with others failed.
@@ -97,6 +115,10 @@ struct Committer {
     file: Option<(std::fs::File, ChainState)>,
     /// The head this replica last swapped in; `None`: read it from the API server.
     head: Option<Head>,
+    /// The last head this replica verified: a later head must continue it.
+    known: Option<ChainState>,
+    /// Decisions whose records are in the chain this replica verified.
+    decisions: Decisions,
 }
 
 /// Records sealed by one swap: keeps the head ConfigMap far below its 1 MiB limit.
@@ -108,22 +130,23 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(3);
 impl ControlPlaneAudit {
     /// Opens (creating) the file and checks it, dropping a torn last line.
     pub fn open(client: Client, config: AuditConfig) -> Result<Self, AuditError> {
+        let mut decisions = Decisions::default();
         let file = match &config.file {
-            Some(path) => Some(open_segment(path)?),
+            Some(path) => Some(open_segment(path, &mut decisions)?),
             None => None,
         };
         Ok(ControlPlaneAudit {
             client,
             config,
             pending: std::sync::Mutex::default(),
-            committer: Mutex::new(Committer { file, head: None }),
+            committer: Mutex::new(Committer { file, head: None, known: None, decisions }),
         })
     }
 
     /// Seals `record` (an object; `time`, `operator` are added) as the next link of the
     /// chain and writes it to every sink, and returns its sequence number. A record whose
-    /// `decision` id is already in the chain is not appended again (the head's sequence
-    /// number is returned). An error means the decision was not recorded: callers fail the
+    /// `decision` id is already in the chain this replica verified is not appended again
+    /// (the head's sequence number is returned). An error means the decision was not recorded: callers fail the
     /// reconcile and retry rather than act unaudited.
     pub async fn append(&self, record: Value) -> Result<u64, AuditError> {
         let seqs = self.append_all(vec![record]).await?;
@@ -137,6 +160,9 @@ impl ControlPlaneAudit {
         let records: Vec<(Value, Option<String>)> = records
             .into_iter()
             .map(|mut record| {
+                // A chained record cannot be erased: no credential an error text echoed
+                // (URL user info, a pre-signed query, an Authorization value) enters it.
+                taimatsu_core::redact::redact_json(&mut record);
                 let decision = record.get("decision").and_then(Value::as_str).map(decision_digest);
                 if let Some(obj) = record.as_object_mut() {
                     obj.insert("time".into(), Value::String(now_rfc3339()));
@@ -217,22 +243,27 @@ impl ControlPlaneAudit {
                 Some(head) => head,
                 None => Head::read(&api, &self.config.head_name).await?,
             };
-            self.check_not_diverged(committer.file.as_ref().map(|(_, s)| s), &head)?;
+            let copy = self.check_head(committer, &head)?;
+            // Verified and continued by this replica: these records are in its chain.
+            for line in head.tail.lines() {
+                committer.decisions.note_line(line);
+            }
+            committer.known = Some(head.state.clone());
             let mut state = head.state.clone();
-            let mut recent = head.recent.clone();
             let mut requesters = head.requesters.clone();
             let mut lines = String::new();
             let mut seqs = Vec::with_capacity(records.len());
+            let mut sealed: Vec<&str> = Vec::new();
             for (record, decision) in records {
                 if let Some(d) = decision
-                    && recent.iter().any(|r| r == d)
+                    && (committer.decisions.contains(d) || sealed.contains(d))
                 {
                     seqs.push(state.last_seq);
                     continue;
                 }
                 let line = state.seal(record).map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
                 lines.push_str(&line);
-                recent.extend(decision.map(str::to_owned));
+                sealed.extend(*decision);
                 requesters.extend(requester_line(record));
                 seqs.push(state.last_seq);
             }
@@ -240,11 +271,9 @@ impl ControlPlaneAudit {
                 committer.head = Some(head);
                 return Ok(seqs);
             }
-            let excess = recent.len().saturating_sub(RECENT_LIMIT);
-            recent.drain(..excess);
             let excess = requesters.len().saturating_sub(REQUESTERS_LIMIT);
             requesters.drain(..excess);
-            let map = head::config_map(&self.config, &lines, &recent, &requesters, head.resource_version.clone());
+            let map = head::config_map(&self.config, &lines, &requesters, head.resource_version.clone());
             let swapped = match head.resource_version {
                 Some(_) => api.replace(&self.config.head_name, &PostParams::default(), &map).await,
                 None => api.create(&PostParams::default(), &map).await,
@@ -258,8 +287,8 @@ impl ControlPlaneAudit {
                 let path = self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
                 let io = |source| AuditError::File { path: path.clone(), source };
                 // Records sealed by the previous swap (this replica's, just before a crash, or
-                // the previous leader's) that this file lacks: copy them from the head first.
-                f.write_all(missing_lines(&head.batch, file_state).as_bytes()).map_err(io)?;
+                // the previous leader's) that this file lacks, verified as its continuation.
+                f.write_all(copy.as_bytes()).map_err(io)?;
                 f.write_all(lines.as_bytes()).and_then(|()| f.sync_data()).map_err(io)?;
                 *file_state = state.clone();
             }
@@ -270,29 +299,42 @@ impl ControlPlaneAudit {
                 }
                 tracing::info!(target: taimatsu_telemetry::EXPORTED_LOG_TARGET, { audit.record = line.trim_end() }, "control-plane audit record");
             }
+            for d in sealed {
+                committer.decisions.note(d.to_owned());
+            }
+            let tail = taimatsu_core::audit_tail::verify_tail(&lines)
+                .map_err(|e| AuditError::MalformedHead("record".into(), e.to_string()))?;
+            committer.known = Some(state.clone());
             let resource_version = swapped.metadata.resource_version;
-            committer.head = Some(Head { state, batch: lines, recent, requesters, resource_version });
+            committer.head = Some(Head { state, tail, requesters, resource_version });
             return Ok(seqs);
         }
         Err(AuditError::Contended)
     }
 
-    /// Every record reaches the head before any file, so a file ahead of the head (or level
-    /// with it on another record) belongs to a chain the head no longer knows.
-    fn check_not_diverged(&self, file: Option<&ChainState>, head: &Head) -> Result<(), AuditError> {
-        match file {
-            Some(f)
-                if f.last_seq > 0
-                    && (f.last_seq > head.state.last_seq
-                        || (f.last_seq == head.state.last_seq && f.last_hash != head.state.last_hash)) =>
-            {
-                Err(AuditError::Diverged {
-                    path: self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                    file_seq: f.last_seq,
-                    head_seq: head.state.last_seq,
-                })
+    /// Checks a verified head against the chain this replica verified itself (the head it
+    /// saw last, its file) and returns the head's lines its file lacks, when they continue
+    /// the file link by link. Every record reaches the head before any file, so a head
+    /// behind either belongs to a chain reset under this replica (an etcd restore, a new
+    /// cluster, a deleted ConfigMap); a head with another hash at a record this replica
+    /// knows is a rewritten history.
+    fn check_head(&self, committer: &Committer, head: &Head) -> Result<String, AuditError> {
+        let path = self.config.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let refuse = |c: Contradiction| match c {
+            Contradiction::Behind { known_seq, tail_seq } => {
+                AuditError::Diverged { path: path.clone(), file_seq: known_seq, head_seq: tail_seq }
             }
-            _ => Ok(()),
+            forked @ Contradiction::Forked { .. } => {
+                tracing::error!(head = %self.config.head_name, problem = %forked, "the audit head rewrites a record this replica verified; refusing to extend it");
+                AuditError::TamperedHead { name: self.config.head_name.clone(), problem: forked.to_string() }
+            }
+        };
+        if let Some(known) = &committer.known {
+            head.tail.after(known).map_err(refuse)?;
+        }
+        match &committer.file {
+            Some((_, file)) => Ok(head.tail.after(file).map_err(refuse)?.unwrap_or_default()),
+            None => Ok(String::new()),
         }
     }
 

@@ -1,34 +1,20 @@
 //! This replica's file of the chain (a segment: a later leader's file starts mid-chain):
-//! opened after checking it link by link, a torn last line cut, and the lines a crash
-//! left out repaired from the head.
+//! opened after checking it link by link and a torn last line cut. (The lines a crash left
+//! out are repaired from the head, once verified: `ControlPlaneAudit::commit`.)
 
 use serde_json::Value;
 use taimatsu_core::audit_chain::{ChainState, GENESIS};
 use tracing::warn;
 
 use super::AuditError;
+use super::decisions::Decisions;
 
-/// The lines of `batch` after the file's last record, when they continue its chain.
-pub fn missing_lines(batch: &str, file: &ChainState) -> String {
-    let field = |line: &str, key: &str| serde_json::from_str::<Value>(line).ok().map(|v| v[key].clone());
-    let missing: Vec<&str> = batch
-        .split_inclusive('\n')
-        .filter(|l| field(l, "seq").and_then(|s| s.as_u64()).is_some_and(|s| s > file.last_seq))
-        .collect();
-    match missing.first() {
-        Some(first)
-            if field(first, "seq").and_then(|s| s.as_u64()) == Some(file.last_seq + 1)
-                && field(first, "prev").and_then(|p| p.as_str().map(str::to_owned)).as_deref()
-                    == Some(file.last_hash.as_str()) =>
-        {
-            missing.concat()
-        }
-        _ => String::new(),
-    }
-}
-
-/// Opens this replica's segment for appending, after checking it and cutting a torn tail.
-pub fn open_segment(path: &std::path::Path) -> Result<(std::fs::File, ChainState), AuditError> {
+/// Opens this replica's segment for appending, after checking it and cutting a torn tail;
+/// notes the decisions its records carry.
+pub fn open_segment(
+    path: &std::path::Path,
+    decisions: &mut Decisions,
+) -> Result<(std::fs::File, ChainState), AuditError> {
     let shown = path.display().to_string();
     let io = |source| AuditError::File { path: shown.clone(), source };
     if let Some(dir) = path.parent() {
@@ -43,6 +29,11 @@ pub fn open_segment(path: &std::path::Path) -> Result<(std::fs::File, ChainState
     // so it is checked link by link from its own first record.
     let (state, keep) =
         resume_segment(&existing).map_err(|problem| AuditError::Broken { path: shown.clone(), problem })?;
+    // Verified above: these records are in the chain, and a retried decision among them is
+    // not recorded again.
+    for line in existing[..keep as usize].split(|b| *b == b'\n') {
+        decisions.note_line(&String::from_utf8_lossy(line));
+    }
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     if keep < existing.len() as u64 {
         warn!(path = %shown, "dropping a torn last audit line left by a crash");

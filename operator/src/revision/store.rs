@@ -59,7 +59,8 @@ pub async fn set_outcome(
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
     let mut annotations = json!({
         record::OUTCOME_ANNOTATION: outcome.as_str(),
-        record::OUTCOME_REASON_ANNOTATION: reason,
+        // The failure text (a pod's termination message) as `kubectl taimatsu history` shows it.
+        record::OUTCOME_REASON_ANNOTATION: reason.map(|r| taimatsu_core::redact::redact(r).into_owned()),
         // An analysis belongs to one rollout attempt.
         record::ANALYSIS_ANNOTATION: null,
     });

@@ -193,3 +193,24 @@ pub fn write_serving_pair(dir: &std::path::Path) -> String {
     std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
     ca.pem()
 }
+
+/// Rewrites the head ConfigMap `name` in `default` with `edit`, retrying on a conflict
+/// with the operator's own swaps.
+pub async fn tamper_head(client: &Client, name: &str, edit: impl Fn(&mut std::collections::BTreeMap<String, String>)) {
+    let heads: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
+    taimatsu_tests::wait::poll_until("the tampered head to be written", Duration::from_secs(30), || {
+        let heads = heads.clone();
+        let edit = &edit;
+        async move {
+            let mut head = heads.get(name).await?;
+            edit(head.data.get_or_insert_default());
+            match heads.replace(name, &kube::api::PostParams::default(), &head).await {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await
+    .expect("tamper with the head");
+}
