@@ -212,8 +212,11 @@ impl Oci {
         let url = self.join(&format!("manifests/{}", self.source.digest()))?;
         let mut authenticated = false;
         loop {
-            let response =
-                self.send(&url, || self.authorize(client.get(url.clone()).header(ACCEPT, MANIFEST_TYPES))).await?;
+            let response = self
+                .send("(artifact manifest)", &url, || {
+                    self.authorize(client.get(url.clone()).header(ACCEPT, MANIFEST_TYPES))
+                })
+                .await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !authenticated {
                 self.authenticate(client, response.headers()).await?;
@@ -227,7 +230,7 @@ impl Oci {
             if response.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
                 return Err(self.registry_error("the manifest is larger than 4 MiB: it is not a model artifact".into()));
             }
-            let bytes = response.bytes().await.map_err(|e| self.transfer("(manifest)", &url, 1, &e))?;
+            let bytes = response.bytes().await.map_err(|e| self.transfer("(artifact manifest)", &url, 1, &e))?;
             if bytes.len() > MAX_MANIFEST_BYTES {
                 return Err(self.registry_error("the manifest is larger than 4 MiB: it is not a model artifact".into()));
             }
@@ -299,7 +302,7 @@ impl Oci {
             query.append_pair("scope", &format!("repository:{}:pull", self.source.repository));
         }
         let response = self
-            .send(&url, || match &self.credentials {
+            .send("(registry token)", &url, || match &self.credentials {
                 Some((user, password)) => client.get(url.clone()).header(AUTHORIZATION, basic(user, password)),
                 None => client.get(url.clone()),
             })
@@ -330,7 +333,12 @@ impl Oci {
 
     /// Sends the request `build` makes, again when the registry is unreachable or answers
     /// 5xx/429, up to [`ATTEMPTS`] times.
-    async fn send(&self, url: &Url, build: impl Fn() -> RequestBuilder) -> Result<reqwest::Response, FetchError> {
+    async fn send(
+        &self,
+        what: &str,
+        url: &Url,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<reqwest::Response, FetchError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -341,7 +349,7 @@ impl Oci {
                 }
                 Ok(r) => return Ok(r),
                 Err(e) if last || e.is_redirect() || e.is_builder() || certificate_error(&e).is_some() => {
-                    return Err(self.transfer("(manifest)", url, attempt, &e));
+                    return Err(self.transfer(what, url, attempt, &e));
                 }
                 Err(e) => error_chain(&e),
             };
