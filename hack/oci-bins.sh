@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v go >/dev/null || { log "Go is required (https://go.dev); it is preinstalled on the CI machines"; exit 1; }
 
-build() { # <binary name> <module path>@<version> <what, for the log>
+build() { # <binary name> <package>@<version> <what, for the log> <how long, for the log>
   local name="$1" package="$2" what="$3"
   [ -x "$OCI_BIN_DIR/$name" ] && return 0
   log "building $what from Go modules (first run only; $4 on 2 cores)"
