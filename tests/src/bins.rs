@@ -26,3 +26,24 @@ pub fn cluster_bin_dir() -> anyhow::Result<PathBuf> {
     let dir = String::from_utf8(out.stdout)?.trim().to_owned();
     Ok(PathBuf::from(dir))
 }
+
+/// The directory holding the OCI `registry` (CNCF Distribution) and the `oras` client.
+///
+/// `TAIMATSU_OCI_BIN_DIR` wins when set (hack/test.sh sets it). Otherwise
+/// `hack/oci-bins.sh` is run: it returns at once when both are cached, and builds them
+/// from their Go modules (about 3 minutes) when they are not.
+pub fn oci_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TAIMATSU_OCI_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = crate::repo_root().join("hack/oci-bins.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed; see its output above", script.display());
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}

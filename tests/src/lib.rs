@@ -18,6 +18,7 @@ pub mod hub_mirror;
 pub mod leftovers;
 pub mod mirror;
 pub mod namespace;
+pub mod oci_registry;
 pub mod otlp;
 pub mod pod_runner;
 pub mod process;

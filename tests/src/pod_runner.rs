@@ -4,7 +4,7 @@
 //! It registers a Node (`sandbox-local`, not managed by kwok), keeps its Lease and Ready
 //! condition fresh, and for every pod the scheduler binds to it runs what the pod spec
 //! says — the `fetch` init container, then the `worker` container — with the same
-//! arguments and environment, volumes mapped to directories (emptyDir → a directory,
+//! arguments and environment (`envFrom` Secrets too: each key a variable), volumes mapped to directories (emptyDir → a directory,
 //! ConfigMap and Secret → their keys written as files), and the listen addresses bound to a
 //! loopback address of the pod's own (127.0.x.y: all of 127.0.0.0/8 is loopback on Linux),
 //! which is reported as the pod IP, so the pod's ports are what the pod spec declares. It
@@ -72,6 +72,8 @@ struct RunningPod {
     worker_restarts: i32,
     /// What was last reported, so an unchanged pod is not written every second.
     reported: String,
+    /// Per container, the variables its `envFrom` Secrets give (read once, at the start).
+    env_from: HashMap<String, Vec<(String, String)>>,
 }
 
 impl PodRunner {
@@ -173,7 +175,19 @@ impl PodRunner {
             fetch_restarts: -1,
             worker_restarts: 0,
             reported: String::new(),
+            env_from: HashMap::new(),
         };
+        match self.env_from(&running.pod, &running.namespace).await {
+            Ok(env) => running.env_from = env,
+            // As a kubelet's CreateContainerConfigError: the fetch step is not started.
+            Err(e) => {
+                running.stage = Stage::FetchFailed {
+                    exit_code: 1,
+                    message: format!("envFrom: {e}"),
+                    retry_at: Instant::now() + Duration::from_secs(3600),
+                }
+            }
+        }
         if let Err(e) = self.prepare_volumes(&running).await {
             tracing::warn!(pod = %running.name, error = %e, "cannot prepare volumes");
             running.stage = Stage::FetchFailed {
@@ -212,6 +226,31 @@ impl PodRunner {
                 Err(e) => tracing::warn!(pod = %p.name, error = %e, "pod status"),
             }
         }
+    }
+
+    /// The variables each container's `envFrom` Secrets give: every key whose name is a
+    /// valid variable name (the kubelet skips the others), a missing Secret an error.
+    async fn env_from(&self, pod: &Pod, namespace: &str) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let mut env = HashMap::new();
+        for container in spec.init_containers.iter().flatten().chain(&spec.containers) {
+            let mut vars = Vec::new();
+            for source in container.env_from.iter().flatten() {
+                let Some(secret) = &source.secret_ref else { continue };
+                let data = secrets.get(&secret.name).await?.data.unwrap_or_default();
+                for (key, value) in data {
+                    let valid = !key.is_empty()
+                        && !key.starts_with(|c: char| c.is_ascii_digit())
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                    if valid {
+                        vars.push((key, String::from_utf8_lossy(&value.0).into_owned()));
+                    }
+                }
+            }
+            env.insert(container.name.clone(), vars);
+        }
+        Ok(env)
     }
 
     async fn prepare_volumes(&self, p: &RunningPod) -> anyhow::Result<()> {
@@ -300,6 +339,7 @@ fn failed(exit_code: i32, message: String) -> Stage {
 
 /// Starts one container as a process, its listen addresses on the pod's loopback address.
 fn start(p: &RunningPod, container: &Container, worker_bin: &Path) -> std::io::Result<Child> {
+    let name = container.name.clone();
     let mounts: Vec<(String, PathBuf)> = container
         .volume_mounts
         .iter()
@@ -326,13 +366,14 @@ fn start(p: &RunningPod, container: &Container, worker_bin: &Path) -> std::io::R
         };
         args.push(mapped);
     }
-    let name = container.name.clone();
     let termination = p.dir.join(format!("{name}.termination"));
     // Before a `--` (vLLM's arguments), so the worker reads it.
     let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
     args.insert(at, format!("--termination-log={}", termination.display()));
     let mut cmd = Command::new(worker_bin);
     cmd.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    // envFrom first: an explicit `env` entry of the same name wins, as in a kubelet.
+    cmd.envs(p.env_from.get(&name).into_iter().flatten().map(|(k, v)| (k, v)));
     for env in container.env.iter().flatten() {
         let value = match (&env.value, &env.value_from) {
             (Some(v), _) => v.clone(),

@@ -18,23 +18,50 @@ pub fn loopback_server_config() -> anyhow::Result<(String, rustls::ServerConfig)
 /// certificate too: the sandbox's mirror as pods on a real node reach it, at the node's
 /// bridge address (`hack/real-node.sh`).
 pub fn server_config(extra_names: &[String]) -> anyhow::Result<(String, rustls::ServerConfig)> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "taimatsu-sandbox-mirror-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-    let leaf_key = KeyPair::generate()?;
-    let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-    names.extend(extra_names.iter().cloned());
-    let leaf = CertificateParams::new(names)?.signed_by(&leaf_key, &ca)?;
-    let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| anyhow::anyhow!(e))?;
-    let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca.der().clone()];
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok((ca.pem(), config))
+    let cert = ServerCert::issue(extra_names)?;
+    Ok((cert.ca_pem.clone(), cert.rustls_config()?))
+}
+
+/// A private CA and a serving certificate it signed for 127.0.0.1, localhost and
+/// `extra_names`, as PEM (for servers that read files, such as the OCI registry) and DER.
+pub struct ServerCert {
+    pub ca_pem: String,
+    /// The leaf, then the CA.
+    pub chain_pem: String,
+    pub key_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+}
+
+impl ServerCert {
+    pub fn issue(extra_names: &[String]) -> anyhow::Result<ServerCert> {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name.push(DnType::CommonName, "taimatsu-sandbox-mirror-ca");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let leaf_key = KeyPair::generate()?;
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        names.extend(extra_names.iter().cloned());
+        let leaf = CertificateParams::new(names)?.signed_by(&leaf_key, &ca)?;
+        Ok(ServerCert {
+            ca_pem: ca.pem(),
+            chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+            key_pem: leaf_key.serialize_pem(),
+            chain: vec![leaf.der().clone(), ca.der().clone()],
+            key_der: leaf_key.serialize_der(),
+        })
+    }
+
+    /// A rustls server configuration serving this certificate.
+    pub fn rustls_config(&self) -> anyhow::Result<rustls::ServerConfig> {
+        let key = PrivateKeyDer::try_from(self.key_der.clone()).map_err(|e| anyhow::anyhow!(e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)?)
+    }
 }
 
 /// Serves `app` over TLS on `listener` until the task is dropped.

@@ -88,8 +88,10 @@ pub struct ModelSpec {
 pub struct ModelSource {
     /// Location of the model's root directory. One of:
     /// `https://mirror.example/models/qwen2.5-7b/` (an in-house mirror),
-    /// `s3://bucket/prefix/`, `pvc://<claim>/<path>`, `oci://registry/repo@sha256:<digest>`
-    /// (accepted, not fetched yet), or `hf://<org>/<name>@<revision>`: a Hugging Face Hub
+    /// `s3://bucket/prefix/`, `pvc://<claim>/<path>`, `oci://registry[:port]/repo@sha256:<digest>`
+    /// (an OCI artifact, one layer per file named by its `org.opencontainers.image.title`
+    /// annotation, as `oras push` writes it; pulled over https, the digest verified), or
+    /// `hf://<org>/<name>@<revision>`: a Hugging Face Hub
     /// repository fetched with the Hub's protocol from `hfMirror` or the operator's
     /// `--hf-mirror` (an in-house mirror such as Artifactory's or Nexus's Hugging Face
     /// repositories), never the public hub. The revision must be a 40-hex commit id unless
@@ -97,7 +99,7 @@ pub struct ModelSource {
     /// `kubectl taimatsu model manifest` prints the Model with the commit and every file.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^(https|s3|oci|pvc|hf)://')").message("spec.source.uri must start with https://, s3://, oci://, pvc:// or hf:// (plain http is not accepted for model weights)"))]
-    #[x_kube(validation = Rule::new("!self.startsWith('oci://') || self.matches('^oci://[^@ ]+@sha256:[0-9a-f]{64}$')").message("spec.source.uri: an oci:// source must be pinned by digest, as oci://registry/repository@sha256:<64 hex characters>"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('oci://') || self.matches('^oci://[^/@ ]+/[^:@ ]+@sha256:[0-9a-f]{64}$')").message("spec.source.uri: an oci:// source must be pinned by digest alone, as oci://registry[:port]/repository@sha256:<64 hex characters> (no :tag: the digest pins the artifact)"))]
     #[x_kube(validation = Rule::new("!self.startsWith('hf://') || self.matches('^hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+@[A-Za-z0-9._/-]+$')").message("spec.source.uri: an hf:// source must be hf://<org>/<name>@<revision>, the revision a commit id (or, where unpinned models are allowed, a branch or tag)"))]
     #[x_kube(validation = Rule::new("!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')").message("spec.source.uri: a pvc:// source must be pvc://<claim-name>/<path inside the volume>"))]
     #[x_kube(validation = Rule::new("!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')").message("spec.source.uri: an s3:// source must be s3://<bucket>/<prefix>"))]
@@ -118,7 +120,9 @@ pub struct ModelSource {
 
     /// Secret with credentials for the source: for s3, keys `AWS_ACCESS_KEY_ID`
     /// and `AWS_SECRET_ACCESS_KEY`; for hf, `HF_TOKEN` (sent to the mirror as a bearer
-    /// token); for https, a bearer `token`.
+    /// token); for https, a bearer `token`; for oci, `OCI_USERNAME` and `OCI_PASSWORD`
+    /// (a pull token is asked with them from the registry's token service, or they are
+    /// sent as basic credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<ObjectRef>,
 

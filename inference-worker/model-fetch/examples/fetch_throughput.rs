@@ -1,6 +1,7 @@
-//! Fetch throughput of the same files from an https:// mirror and from an hf:// Hub mirror
-//! (`benchmarks/fetch.sh` runs it in release mode): both test mirrors of
-//! `taimatsu_tests` on loopback over TLS, serving the real SmolLM2 and MiniLM files, each
+//! Fetch throughput of the same files from an https:// mirror, an hf:// Hub mirror and an
+//! oci:// registry (`benchmarks/fetch.sh` runs it in release mode): the test mirrors of
+//! `taimatsu_tests` and the real Distribution registry (token auth, the files pushed with
+//! ORAS) on loopback over TLS, serving the real SmolLM2 and MiniLM files, each
 //! fetched `ROUNDS` times (default 3) into an empty directory with the library the worker's
 //! fetch step runs, every file hashed and verified. Prints a markdown table.
 
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use taimatsu_core::{ManifestEntry, ModelManifest, manifest_digest};
 use taimatsu_model_fetch::{FetchOptions, SourceEnv, fetch_with_env};
+use taimatsu_model_fetch::{OCI_PASSWORD, OCI_USERNAME};
 use taimatsu_tests::hub_mirror::{HubMirror, HubRepoName, Listen, MINILM, SMOLLM2};
 use taimatsu_tests::mirror::Mirror;
+use taimatsu_tests::oci_registry::{OciRegistry, RegistryOptions};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,6 +28,12 @@ async fn main() -> anyhow::Result<()> {
     let hub_ca = work.path().join("hub-ca.pem");
     std::fs::write(&https_ca, &https.ca_pem)?;
     std::fs::write(&hub_ca, hub.ca_pem.as_deref().unwrap_or_default())?;
+    let registry = OciRegistry::start(&work.path().join("registry"), RegistryOptions::default()).await?;
+    let registry_ca = registry.ca_file()?;
+    let registry_env = SourceEnv::from_pairs([
+        (OCI_USERNAME.to_owned(), registry.username.clone()),
+        (OCI_PASSWORD.to_owned(), registry.password.clone()),
+    ]);
 
     println!("| model | source | bytes | best s | median s | best MB/s |");
     println!("|---|---|---:|---:|---:|---:|");
@@ -34,11 +43,16 @@ async fn main() -> anyhow::Result<()> {
         let manifest = manifest_of(&models.join(repo.dir))?;
         let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
         std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
+        let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        let repository = format!("models/{}", repo.dir);
+        let pushed = registry.push(&models.join(repo.dir), &paths, &repository, "bench").await?;
+        let (none, oci) = (SourceEnv::default(), &registry_env);
         let sources = [
-            ("https://", format!("{}/{mirrored}/", https.url), None, https_ca.clone()),
-            ("hf://", repo.source(), Some(hub.url.clone()), hub_ca.clone()),
+            ("https://", format!("{}/{mirrored}/", https.url), None, https_ca.clone(), &none),
+            ("hf://", repo.source(), Some(hub.url.clone()), hub_ca.clone(), &none),
+            ("oci://", registry.uri(&repository, &pushed.digest), None, registry_ca.clone(), oci),
         ];
-        for (kind, source, hf_mirror, ca) in sources {
+        for (kind, source, hf_mirror, ca, env) in sources {
             let mut times = Vec::new();
             for round in 0..rounds {
                 let dest = work.path().join(format!("dest-{}-{round}", kind.trim_end_matches("://")));
@@ -52,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
                     allow_branch_revision: false,
                 };
                 let started = Instant::now();
-                let report = fetch_with_env(&options, &SourceEnv::default()).await?;
+                let report = fetch_with_env(&options, env).await?;
                 times.push(started.elapsed());
                 anyhow::ensure!(report.downloaded_bytes == bytes, "{kind} {}: a cached file was not fetched", repo.dir);
                 std::fs::remove_dir_all(&dest)?;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tracing::{info, warn};
 
 use crate::hub::Hub;
+use crate::oci::Oci;
 use crate::progress::Progress;
 use crate::s3::S3;
 use crate::source::{Source, join_url};
@@ -47,6 +48,7 @@ enum RemoteKind {
     Http(Url, Option<String>),
     S3(Box<S3>),
     Hub(Box<Hub>),
+    Oci(Box<Oci>),
 }
 
 impl Remote {
@@ -54,7 +56,9 @@ impl Remote {
         let kind = match source {
             Source::Http(base) => RemoteKind::Http(base.clone(), http_token(uri, base, env)?),
             Source::S3 { bucket, prefix } => RemoteKind::S3(Box::new(S3::from_env(uri, bucket, prefix, env)?)),
-            Source::Hf(_) | Source::Local(_) => unreachable!("hub sources are made by Remote::hub, local ones copied"),
+            Source::Hf(_) | Source::Oci(_) | Source::Local(_) => {
+                unreachable!("hub and registry sources are made by Remote::hub and Remote::oci, local ones copied")
+            }
         };
         Ok(Remote { client: client(ca_bundle, same_origin_redirects())?, kind })
     }
@@ -64,12 +68,24 @@ impl Remote {
         Ok(Remote { client: client(ca_bundle, same_origin_redirects())?, kind: RemoteKind::Hub(Box::new(hub)) })
     }
 
-    /// For a Hub source, resolves its revision to a commit with a lookup of `probe`
-    /// (without following redirects: the Hub's answer for an LFS file is a redirect that
-    /// carries the commit). Nothing to do for other sources.
-    pub async fn resolve(&mut self, probe: &str, ca_bundle: Option<&Path>) -> Result<(), FetchError> {
-        if let RemoteKind::Hub(hub) = &mut self.kind {
-            hub.resolve(&client(ca_bundle, redirect::Policy::none())?, probe).await?;
+    /// A registry's artifact; its manifest is read with [`Remote::resolve`].
+    pub fn oci(oci: Oci, ca_bundle: Option<&Path>) -> Result<Remote, FetchError> {
+        Ok(Remote { client: client(ca_bundle, same_origin_redirects())?, kind: RemoteKind::Oci(Box::new(oci)) })
+    }
+
+    /// Before `missing` is downloaded: for a Hub source, resolves its revision to a commit
+    /// with a lookup of the first file (without following redirects: the Hub's answer for
+    /// an LFS file is a redirect that carries the commit); for a registry, reads and checks
+    /// the artifact manifest and maps every file to its layer. Nothing to do for others.
+    pub async fn resolve(&mut self, missing: &[ManifestEntry], ca_bundle: Option<&Path>) -> Result<(), FetchError> {
+        match &mut self.kind {
+            RemoteKind::Hub(hub) => {
+                if let Some(first) = missing.first() {
+                    hub.resolve(&client(ca_bundle, redirect::Policy::none())?, &first.path).await?;
+                }
+            }
+            RemoteKind::Oci(oci) => oci.resolve(&self.client, missing).await?,
+            RemoteKind::Http(..) | RemoteKind::S3(_) => {}
         }
         Ok(())
     }
@@ -79,6 +95,7 @@ impl Remote {
             RemoteKind::Http(base, _) => join_url(base, path),
             RemoteKind::S3(s3) => s3.url(path),
             RemoteKind::Hub(hub) => hub.url(path),
+            RemoteKind::Oci(oci) => oci.url(path),
         }
     }
 
@@ -97,6 +114,8 @@ impl Remote {
             RemoteKind::S3(s3) => request.headers(s3.signed_headers(url, from, SystemTime::now())?),
             RemoteKind::Hub(hub) if from > 0 => hub.authorize(request).header(RANGE, format!("bytes={from}-")),
             RemoteKind::Hub(hub) => hub.authorize(request),
+            RemoteKind::Oci(oci) if from > 0 => oci.authorize(request).header(RANGE, format!("bytes={from}-")),
+            RemoteKind::Oci(oci) => oci.authorize(request),
         })
     }
 
@@ -204,6 +223,14 @@ impl Remote {
             s if s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 return Err(Failure::Retry(format!("HTTP {status}")));
             }
+            // Registry tokens are short-lived (Distribution's default is a minute): a long
+            // download outlives its token, so a 401 renews it and resumes.
+            StatusCode::UNAUTHORIZED if matches!(self.kind, RemoteKind::Oci(_)) => {
+                if let RemoteKind::Oci(oci) = &self.kind {
+                    oci.renew(&self.client).await?;
+                }
+                return Err(Failure::Retry("HTTP 401 (registry token renewed)".into()));
+            }
             _ => return Err(Failure::Fatal(http_error(entry, url, status, &self.kind))),
         }
         loop {
@@ -291,11 +318,18 @@ fn http_token(uri: &str, base: &Url, env: &SourceEnv) -> Result<Option<String>, 
 }
 
 fn http_error(entry: &ManifestEntry, url: &Url, status: StatusCode, kind: &RemoteKind) -> FetchError {
-    let (s3, hub) = (matches!(kind, RemoteKind::S3(_)), matches!(kind, RemoteKind::Hub(_)));
+    let (s3, hub, oci) =
+        (matches!(kind, RemoteKind::S3(_)), matches!(kind, RemoteKind::Hub(_)), matches!(kind, RemoteKind::Oci(_)));
     let hint = match status.as_u16() {
         404 | 410 if hub => "the file is not in the repository at the resolved commit: fix spec.files or the revision",
         401 | 403 if hub => {
             "the mirror refused the token: put one it accepts as HF_TOKEN in the Secret named by spec.source.credentialsSecretRef"
+        }
+        404 | 410 if oci => {
+            "the registry does not have the layer's blob though the manifest names it: push the artifact again"
+        }
+        401 | 403 if oci => {
+            "the registry refused the blob: grant pull access to OCI_USERNAME, or fix the credentials in the Secret named by spec.source.credentialsSecretRef"
         }
         // S3 answers a request to the wrong region with 301 PermanentRedirect and no Location.
         301 | 307 if s3 => "the bucket is in another region: set AWS_REGION to the bucket's region",
@@ -375,7 +409,7 @@ fn same_origin_redirects() -> redirect::Policy {
             attempt.follow()
         } else {
             let message = format!(
-                "refused the redirect from {first} to {next}: the worker contacts only the source's host (for hf://, the mirror's); point spec.source.uri at the files' real location, or have the mirror serve its storage on its own host"
+                "refused the redirect from {first} to {next}: the worker contacts only the source's host (for hf://, the mirror's; for oci://, the registry's); point spec.source.uri at the files' real location, or have the mirror or registry serve its storage on its own host (Distribution: storage.redirect.disable: true)"
             );
             attempt.error(message)
         }

@@ -10,9 +10,10 @@
 //!   the operator turns into a condition.
 //!
 //! How a fetch goes, and why:
-//! 1. The manifest is validated, the source parsed. `oci://` is refused; `hf://` is fetched
-//!    from the configured Hub mirror (`hub.rs`), its revision resolved to a commit only when
-//!    a file has to be downloaded.
+//! 1. The manifest is validated, the source parsed. `hf://` is fetched from the configured
+//!    Hub mirror (`hub.rs`), its revision resolved to a commit only when a file has to be
+//!    downloaded; `oci://` from its registry (`oci.rs`), its artifact manifest fetched by
+//!    digest and verified, likewise only when a file has to be downloaded.
 //! 2. A file in `dest` that the manifest does not list fails the fetch (`UnexpectedFile`)
 //!    before anything is downloaded: it may be user data, so it is not deleted.
 //! 3. Files already at their final path are re-hashed, never trusted by name. A file that
@@ -34,6 +35,7 @@ mod cache;
 mod download;
 mod hub;
 mod local;
+mod oci;
 mod progress;
 mod s3;
 pub mod sigv4;
@@ -51,6 +53,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::download::Remote;
+pub use crate::oci::{OCI_PASSWORD, OCI_USERNAME};
 use crate::progress::Progress;
 pub use crate::source::{PVC_MOUNT_ROOT, Source};
 
@@ -92,7 +95,7 @@ pub struct FetchReport {
 /// the Secret named by `spec.source.credentialsSecretRef`.
 pub const HTTP_TOKEN: &str = "token";
 
-/// The source's credentials and endpoint settings (`AWS_*`, `HF_TOKEN`, `token`), read from the
+/// The source's credentials and endpoint settings (`AWS_*`, `HF_TOKEN`, `token`, `OCI_*`), read from the
 /// process environment by [`fetch`], or given explicitly to [`fetch_with_env`].
 #[derive(Clone, Default)]
 pub struct SourceEnv {
@@ -100,12 +103,12 @@ pub struct SourceEnv {
 }
 
 impl SourceEnv {
-    /// The `AWS_*` variables, `HF_TOKEN` and `token` of this process (the pod gets them
+    /// The `AWS_*` variables, `HF_TOKEN`, `token`, `OCI_USERNAME` and `OCI_PASSWORD` of this process (the pod gets them
     /// from the credentials Secret).
     pub fn from_process() -> SourceEnv {
-        SourceEnv::from_pairs(
-            std::env::vars().filter(|(k, _)| k.starts_with("AWS_") || k == "HF_TOKEN" || k == HTTP_TOKEN),
-        )
+        SourceEnv::from_pairs(std::env::vars().filter(|(k, _)| {
+            k.starts_with("AWS_") || k == "HF_TOKEN" || k == HTTP_TOKEN || k == OCI_USERNAME || k == OCI_PASSWORD
+        }))
     }
 
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> SourceEnv {
@@ -153,6 +156,19 @@ pub enum FetchError {
     /// A Hub mirror refused or could not resolve the revision, or resolved it to a moving one.
     #[error("source {uri}: {message}")]
     Hub { uri: String, message: String },
+    /// An OCI registry refused the pull (credentials, unknown manifest) or serves no usable artifact.
+    #[error("source {uri}: {message}")]
+    Registry { uri: String, message: String },
+    /// The registry served, for the pinned manifest digest, bytes that hash to another one.
+    #[error(
+        "source {uri}: the registry answered manifest {expected} with content whose digest is {actual}: it serves another artifact under the pinned digest (tampered or broken storage); nothing was fetched — fix the registry, never the digest"
+    )]
+    ManifestDigest { uri: String, expected: String, actual: String },
+    /// The artifact's layer for a file is not the file the Model pins.
+    #[error(
+        "{path}: the layer titled {path:?} in {uri} is {layer} but the Model pins sha256 {expected}; the artifact holds another file, or packs it (a tar, an ORAS directory archive): push the file itself as a layer (oras push <ref> {path}), or fix spec.files"
+    )]
+    LayerMismatch { path: String, uri: String, layer: String, expected: String },
     #[error("{error} (in {})", dir.display())]
     Verify { dir: PathBuf, error: VerifyError },
     #[error("{}: {error}; check that the volume is mounted, writable and has room", path.display())]
@@ -165,13 +181,17 @@ impl FetchError {
         match self {
             Self::InvalidManifest { .. } => "InvalidManifest",
             Self::SourceUnsupported { .. } => "SourceUnsupported",
-            Self::SizeMismatch { .. } | Self::DigestMismatch { .. } => "DigestMismatch",
+            Self::SizeMismatch { .. }
+            | Self::DigestMismatch { .. }
+            | Self::ManifestDigest { .. }
+            | Self::LayerMismatch { .. } => "DigestMismatch",
             Self::Verify { error, .. } => error.reason(),
             Self::Config { .. }
             | Self::Http { .. }
             | Self::Transfer { .. }
             | Self::SourceMissing { .. }
             | Self::Hub { .. }
+            | Self::Registry { .. }
             | Self::Io { .. } => "FetchFailed",
         }
     }
@@ -216,8 +236,10 @@ pub async fn fetch_with_env(options: &FetchOptions, env: &SourceEnv) -> Result<F
         "fetch starting"
     );
 
-    if let (Transport::Remote(remote), Some(first)) = (&mut transport, plan.missing.first()) {
-        remote.resolve(&first.path, options.ca_bundle.as_deref()).await?;
+    if let Transport::Remote(remote) = &mut transport
+        && !plan.missing.is_empty()
+    {
+        remote.resolve(&plan.missing, options.ca_bundle.as_deref()).await?;
     }
     let progress = Arc::new(Progress::new(plan.missing.iter().map(|e| e.size).sum(), plan.missing.len()));
     let _reporter = progress.report_every(progress::INTERVAL);
@@ -295,6 +317,10 @@ impl Transport {
                     options.allow_branch_revision,
                 )?;
                 Ok(Transport::Remote(Remote::hub(hub, options.ca_bundle.as_deref())?))
+            }
+            Source::Oci(oci) => {
+                let oci = oci::Oci::new(&options.source, oci, env)?;
+                Ok(Transport::Remote(Remote::oci(oci, options.ca_bundle.as_deref())?))
             }
             source => Ok(Transport::Remote(Remote::new(&options.source, &source, options.ca_bundle.as_deref(), env)?)),
         }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use reqwest::Url;
-use taimatsu_core::HfSource;
+use taimatsu_core::{HfSource, OciSource};
 
 use crate::FetchError;
 use crate::sigv4::uri_encode;
@@ -23,6 +23,8 @@ pub enum Source {
     Local(PathBuf),
     /// A Hugging Face Hub repository at a revision, fetched from the configured mirror.
     Hf(HfSource),
+    /// An OCI artifact in a registry, pinned by its manifest digest.
+    Oci(OciSource),
 }
 
 impl Source {
@@ -58,13 +60,10 @@ impl Source {
             "pvc" if !rest.is_empty() => Ok(Source::Local(Path::new(PVC_MOUNT_ROOT).join(rest))),
             "" if uri.starts_with('/') => Ok(Source::Local(PathBuf::from(uri))),
             "hf" => HfSource::parse(uri).map(Source::Hf).map_err(|e| bad(e.to_string())),
-            "oci" => {
-                Err(bad("oci:// artifacts are not supported yet: copy the model's files to an https:// mirror, an \
-                 s3:// bucket or a PVC and set spec.source.uri to that"
-                    .into()))
-            }
+            "oci" => OciSource::parse(uri).map(Source::Oci).map_err(|e| bad(e.to_string())),
             _ => Err(bad("unknown kind of source: use https://<mirror>/<prefix>/, s3://<bucket>/<prefix>/, \
-                 pvc://<claim>/<path> or an absolute directory path"
+                 pvc://<claim>/<path>, hf://<org>/<name>@<commit>, oci://<registry>/<repository>@sha256:<digest> or an \
+                 absolute directory path"
                 .into())),
         }
     }
@@ -118,8 +117,23 @@ mod tests {
     }
 
     #[test]
+    fn oci_sources_are_pinned_by_digest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let Source::Oci(oci) = Source::parse(&format!("oci://r.internal:5000/models/m@{digest}")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (oci.registry.as_str(), oci.repository.as_str(), oci.digest()),
+            ("r.internal:5000", "models/m", digest)
+        );
+        let err = Source::parse("oci://registry/m:1").unwrap_err();
+        assert_eq!(err.reason(), "SourceUnsupported");
+        assert!(err.to_string().contains("not pinned by @sha256:<digest>"), "{err}");
+    }
+
+    #[test]
     fn unsupported_sources_say_what_to_use() {
-        for uri in ["oci://registry/m:1", "ftp://x/", "models/m"] {
+        for uri in ["ftp://x/", "models/m"] {
             let err = Source::parse(uri).unwrap_err();
             assert_eq!(err.reason(), "SourceUnsupported", "{uri}");
             assert!(err.to_string().contains("https://"), "{err}");

@@ -24,13 +24,14 @@ async fn an_edited_manifest_is_refused() {
 }
 
 #[tokio::test]
-async fn oci_sources_are_unsupported() {
+async fn oci_sources_pinned_by_a_tag_only_are_unsupported() {
     let work = tempfile::tempdir().unwrap();
     let model = Model::standard(work.path(), "m");
     let source = "oci://registry.example/model:1";
     let err = fetch_with_env(&model.options(source.into(), &work.path().join("dest")), &no_env()).await.unwrap_err();
     assert_eq!(err.reason(), "SourceUnsupported", "{source}");
     assert!(err.to_string().starts_with(&format!("source {source}: ")), "{err}");
+    assert!(err.to_string().contains("not pinned by @sha256:<digest>"), "{err}");
 }
 
 #[tokio::test]
