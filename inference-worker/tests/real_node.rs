@@ -2,7 +2,8 @@
 //! plane, and the pod it renders runs under a real kubelet (built from Kubernetes' Go
 //! modules) with containerd and runc (`hack/real-node.sh`): the `fetch` init container
 //! downloads and verifies the model from the HTTPS mirror over the pod network, then the
-//! `worker` container serves it, and a chat completion to the pod IP is answered.
+//! `worker` container serves it, and a chat completion to the pod IP is answered. Killed,
+//! the worker container is restarted by the kubelet and continues its request-audit chain.
 //!
 //! Opt-in: it needs root, installs containerd, runc and the CNI plugins from Debian if
 //! missing, takes the machine's pod bridge (10.85.0.1/24) and kubelet port 10250, and
@@ -111,6 +112,40 @@ async fn the_quickstart_runs_as_containers_on_a_real_kubelet() {
         eprintln!("the pod on {NODE_NAME} answered: {content:?}");
         let metrics = reqwest::get(format!("http://{ip}:9090/metrics")).await.unwrap().text().await.unwrap();
         assert!(metrics.contains("# TYPE"), "{metrics}");
+
+        // The worker container dies (SIGKILL, as the OOM killer would) and the kubelet
+        // restarts it in the same pod: its request audit continues the chain it wrote
+        // before, in the file on the pod's audit volume.
+        let uid = pod.metadata.uid.clone().expect("pod uid");
+        let audit = common::repo_root()
+            .join(".cache/real-node/kubelet/pods")
+            .join(&uid)
+            .join("volumes/kubernetes.io~empty-dir/audit/requests.jsonl");
+        let before = std::fs::read(&audit).unwrap_or_else(|e| panic!("{}: {e}", audit.display()));
+        let killed = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", "audit-log=/var/lib/taimatsu/audit/requests.jsonl"])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "no worker process to kill");
+        let restarted = taimatsu_tests::wait::poll_until(
+            "the worker container restarted and ready",
+            Duration::from_secs(300),
+            || async {
+                let p = pods.get(pod.metadata.name.as_deref().unwrap()).await?;
+                let worker = p.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next());
+                Ok(worker.filter(|w| w.restart_count >= 1 && w.ready))
+            },
+        )
+        .await;
+        if let Err(e) = restarted {
+            panic!("{e:#}\n{}", diagnose(&pods, &mds).await);
+        }
+        common::ask_deployed_model(format!("http://{ip}:8000")).await;
+        let after = std::fs::read(&audit).unwrap();
+        assert!(after.starts_with(&before), "the restarted worker rewrote its predecessor's records");
+        let chain = taimatsu_core::audit_chain::verify(&after).expect("one chain across the restart");
+        let before_count = taimatsu_core::audit_chain::verify(&before).unwrap().records;
+        assert!(chain.records > before_count, "the restarted worker recorded nothing: {chain:?}");
     }
     drop(node);
     eprintln!("real-node test done in {:.0}s", started.elapsed().as_secs_f64());
