@@ -101,6 +101,18 @@ async fn the_webhook_records_who_changed_what_and_fails_closed_when_down() {
         assert_eq!(history[0].snapshot.requested_by, "alice");
         assert_eq!(history[0].snapshot.change_cause.as_deref(), Some("CHG-1042: first Qwen deployment"));
 
+        // A change to a GPU profile (cluster-scoped) is admitted and recorded too, with who made it.
+        let profiles: Api<taimatsu_crds::v1alpha1::AcceleratorProfile> = Api::all(client.clone());
+        let label = json!({ "metadata": { "labels": { "taimatsu.dev/reviewed-in": ns.as_str() } } });
+        profiles.patch("l4-24gb", &PatchParams::default(), &Patch::Merge(label)).await.expect("label the profile");
+        let (_, records) = audit_records(cp, "webhook-operator");
+        let profile_change = records.iter().find(|r| {
+            r["event"] == "admission" && r["kind"] == "AcceleratorProfile" && r["name"] == "l4-24gb" && r["operation"] == "UPDATE"
+        });
+        let profile_change = profile_change.unwrap_or_else(|| panic!("no admission record of the profile change: {records:#?}"));
+        assert_eq!(profile_change["user"], "taimatsu-admin");
+        assert_eq!(profile_change["namespace"], Value::Null);
+
         // An egress range outside the operator's (it allows none: no --egress-allowed-cidrs)
         // is refused at admission, naming the entry and the flag.
         let wide = json!({ "spec": { "access": { "egress": { "allowedCidrs": ["10.20.0.0/16"] } } } });

@@ -183,7 +183,9 @@ pub async fn register_webhook(client: &Client, port: u16) -> anyhow::Result<()> 
             "name": "audit.taimatsu.dev",
             "clientConfig": { "url": format!("https://127.0.0.1:{port}/validate") },
             "rules": [{ "apiGroups": ["taimatsu.dev"], "apiVersions": ["v1alpha1"],
-                        "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["modeldeployments", "models"] }],
+                        "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["modeldeployments", "models"], "scope": "Namespaced" },
+                      { "apiGroups": ["taimatsu.dev"], "apiVersions": ["v1alpha1"],
+                        "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["acceleratorprofiles"], "scope": "Cluster" }],
             "failurePolicy": "Fail", "sideEffects": "NoneOnDryRun", "admissionReviewVersions": ["v1"], "timeoutSeconds": 10,
         }],
     });
