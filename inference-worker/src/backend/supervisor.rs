@@ -67,22 +67,22 @@ pub async fn supervise(
     let mut failures = 0u32;
     loop {
         let mut child = match &cfg.command {
-            Some(cmd) => Some(spawn(cmd)?),
+            Some(cmd) => Some(ModelServer::spawn(cmd)?),
             None => None,
         };
-        let healthy =
-            wait_healthy(&upstream, &cfg, child.as_mut()).await && warm_up(&cfg.served_model, &upstream).await;
+        let healthy = wait_healthy(&upstream, &cfg, child.as_mut().map(|c| &mut c.child)).await
+            && warm_up(&cfg.served_model, &upstream).await;
         if healthy {
             tracing::info!(upstream = %upstream.base, "model server is healthy and warmed up; ready");
             readiness.set(true);
             metrics.up.set(1);
             failures = 0;
-            monitor(readiness, metrics, &upstream, &cfg, child.as_mut()).await;
+            monitor(readiness, metrics, &upstream, &cfg, child.as_mut().map(|c| &mut c.child)).await;
         }
         readiness.set(false);
         metrics.up.set(0);
         if let Some(child) = child.as_mut() {
-            stop(child).await;
+            child.stop().await;
         }
         failures += 1;
         if failures > cfg.max_restarts {
@@ -92,6 +92,47 @@ pub async fn supervise(
         let backoff = Duration::from_secs(1u64 << failures.min(5));
         tracing::warn!(attempt = failures, backoff_s = backoff.as_secs(), "restarting the model server");
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// The model server's process and its process group (vLLM's API server, engine core and
+/// workers). The group is remembered at spawn: once the API server has exited and been
+/// reaped, its pid is gone but its helpers (and their GPU memory) may still run.
+struct ModelServer {
+    child: Child,
+    group: Option<Pid>,
+}
+
+impl ModelServer {
+    fn spawn(cmd: &[String]) -> Result<Self, SupervisorError> {
+        let child = spawn(cmd)?;
+        // In its own group (process_group(0)), so the group's id is its pid.
+        let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
+        Ok(Self { child, group })
+    }
+
+    /// Stops every process of the group: SIGTERM, and SIGKILL after 10 s. Signalled
+    /// in-process: the worker images hold no `kill` binary.
+    async fn stop(&mut self) {
+        if let Some(group) = self.group
+            && killpg(group, Signal::SIGTERM).is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+            // The leader is gone (or ignored SIGTERM); helpers are not left behind.
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        let _ = self.child.kill().await;
+        self.group = None;
+    }
+}
+
+/// When the worker shuts down (SIGTERM), the supervising future is dropped mid-flight:
+/// `kill_on_drop` alone would kill only the API server and orphan the rest of the group.
+impl Drop for ModelServer {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
     }
 }
 
@@ -113,7 +154,9 @@ fn spawn(cmd: &[String]) -> Result<Child, SupervisorError> {
 /// (SIGKILL, the OOM killer): `kill_on_drop` needs the worker alive to run, and on a host
 /// (an edge box, the tests) an orphaned vLLM would keep its port and its GPU memory. The
 /// signal fires when the forking *thread* ends; the supervisor spawns from the runtime's
-/// worker threads, which live as long as the worker.
+/// worker threads, which live as long as the worker. Only the API server gets it: vLLM's
+/// engine core and workers, its children, outlive a SIGKILLed worker on a host (in a pod
+/// the container's PID namespace ends with the worker and takes them along).
 #[allow(unsafe_code)]
 fn die_with_the_worker(command: &mut Command) {
     // SAFETY: runs between fork and exec, where only async-signal-safe calls are allowed:
@@ -123,25 +166,6 @@ fn die_with_the_worker(command: &mut Command) {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
         });
     }
-}
-
-/// Stops the model server and every process of its group (vLLM's engine and tokenizer
-/// workers): SIGTERM, and SIGKILL after 10 s. Signalled in-process: the worker images hold
-/// no `kill` binary.
-async fn stop(child: &mut Child) {
-    let group = child.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
-    if let Some(group) = group
-        && killpg(group, Signal::SIGTERM).is_ok()
-        && tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok()
-    {
-        // The leader is gone; helpers that ignored SIGTERM are not left behind.
-        let _ = killpg(group, Signal::SIGKILL);
-        return;
-    }
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let _ = child.kill().await;
 }
 
 async fn health(upstream: &Upstream, path: &str) -> bool {
@@ -169,20 +193,33 @@ async fn wait_healthy(upstream: &Upstream, cfg: &UpstreamConfig, mut child: Opti
 }
 
 /// One tiny completion, so the first user request does not pay for lazy initialisation,
-/// and readiness means the model really answers.
+/// and readiness means the model really answers. An embedding model (vLLM's pooling
+/// runner) has no /v1/completions (404): it is warmed up with one embedding instead.
 async fn warm_up(served_model: &str, upstream: &Upstream) -> bool {
-    let body = serde_json::json!({ "model": served_model, "prompt": "Hello", "max_tokens": 1 });
-    let request =
-        upstream.client.post(format!("{}/v1/completions", upstream.base)).json(&body).timeout(Duration::from_secs(300));
+    let completion = serde_json::json!({ "model": served_model, "prompt": "Hello", "max_tokens": 1 });
+    match warm_up_with(upstream, "/v1/completions", &completion).await {
+        Some(status) if status.is_success() => true,
+        Some(reqwest::StatusCode::NOT_FOUND) => {
+            let embedding = serde_json::json!({ "model": served_model, "input": "Hello" });
+            warm_up_with(upstream, "/v1/embeddings", &embedding).await.is_some_and(|s| s.is_success())
+        }
+        _ => false,
+    }
+}
+
+/// The warm-up request's status (logged unless a success), `None` when it got no answer.
+async fn warm_up_with(upstream: &Upstream, path: &str, body: &serde_json::Value) -> Option<reqwest::StatusCode> {
+    let request = upstream.client.post(format!("{}{path}", upstream.base)).json(body).timeout(Duration::from_secs(300));
     match request.send().await {
-        Ok(r) if r.status().is_success() => true,
         Ok(r) => {
-            tracing::error!(status = %r.status(), "the model server refused the warm-up request");
-            false
+            if !r.status().is_success() {
+                tracing::error!(status = %r.status(), path, "the model server refused the warm-up request");
+            }
+            Some(r.status())
         }
         Err(e) => {
-            tracing::error!(error = %e, "the warm-up request failed");
-            false
+            tracing::error!(error = %e, path, "the warm-up request failed");
+            None
         }
     }
 }

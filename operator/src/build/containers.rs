@@ -176,20 +176,19 @@ pub fn worker(inputs: &Inputs<'_>, gpus: i32) -> Container {
 fn vllm_args(inputs: &Inputs<'_>) -> Vec<String> {
     let spec = &inputs.deployment.spec;
     let placement = spec.placement.as_ref();
-    let mut args = vec![
-        format!("--served-model-name={}", spec.model_ref.name),
-        format!("--tensor-parallel-size={}", placement.map_or(1, |p| p.tensor_parallel)),
-        format!("--pipeline-parallel-size={}", placement.map_or(1, |p| p.pipeline_parallel)),
-        format!("--max-model-len={}", spec.engine.max_model_len.unwrap_or(inputs.model.spec.context_length)),
-        format!(
-            "--gpu-memory-utilization={}",
-            spec.engine.gpu_memory_utilization.unwrap_or(taimatsu_core::memory_fit::DEFAULT_GPU_MEMORY_UTILIZATION)
-        ),
-        format!("--kv-cache-dtype={}", taimatsu_core::vllm::kv_cache_dtype_flag(spec.kv_cache_dtype)),
-    ];
-    args.extend(taimatsu_core::vllm::quantization_flags(spec.quantization).unwrap_or_default());
-    args.extend(spec.engine.args.iter().cloned());
-    args
+    taimatsu_core::vllm::server_args(&taimatsu_core::vllm::ServerSettings {
+        served_model_name: &spec.model_ref.name,
+        tensor_parallel: placement.map_or(1, |p| p.tensor_parallel),
+        pipeline_parallel: placement.map_or(1, |p| p.pipeline_parallel),
+        max_model_len: spec.engine.max_model_len.unwrap_or(inputs.model.spec.context_length),
+        gpu_memory_utilization: spec
+            .engine
+            .gpu_memory_utilization
+            .unwrap_or(taimatsu_core::memory_fit::DEFAULT_GPU_MEMORY_UTILIZATION),
+        kv_cache_dtype: spec.kv_cache_dtype,
+        quantization: spec.quantization,
+        extra: &spec.engine.args,
+    })
 }
 
 fn image(inputs: &Inputs<'_>) -> String {
