@@ -36,16 +36,7 @@ async fn wait_for(
     what: &str,
     check: impl Fn(&ModelDeploymentStatus) -> bool,
 ) -> ModelDeploymentStatus {
-    let check = &check;
-    let found = poll_until(what, Duration::from_secs(300), || async move {
-        let status = mds.get(name).await?.status.unwrap_or_default();
-        Ok(check(&status).then_some(status))
-    })
-    .await;
-    match found {
-        Ok(status) => status,
-        Err(e) => panic!("{e:#}; status: {:#?}", mds.get(name).await.ok().and_then(|m| m.status)),
-    }
+    common::wait_for_status(mds, name, what, Duration::from_secs(300), check).await
 }
 
 #[tokio::test]

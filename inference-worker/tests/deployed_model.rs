@@ -29,16 +29,7 @@ async fn wait_for(
     what: &str,
     check: impl Fn(&taimatsu_crds::v1alpha1::ModelDeploymentStatus) -> bool,
 ) -> taimatsu_crds::v1alpha1::ModelDeploymentStatus {
-    let check = &check;
-    let found = poll_until(what, Duration::from_secs(240), || async move {
-        let status = mds.get("smollm2-chat").await?.status.unwrap_or_default();
-        Ok(check(&status).then_some(status))
-    })
-    .await;
-    match found {
-        Ok(status) => status,
-        Err(e) => panic!("{e:#}; status: {:#?}", mds.get("smollm2-chat").await.ok().and_then(|m| m.status)),
-    }
+    common::wait_for_status(mds, "smollm2-chat", what, Duration::from_secs(240), check).await
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use taimatsu_crds::v1alpha1::{Model, ModelDeployment, ModelDeploymentStatus};
 use taimatsu_tests::oci_registry::{OciRegistry, RegistryOptions};
 use taimatsu_tests::pod_runner::ENDPOINT_ANNOTATION;
 use taimatsu_tests::sandbox::{Sandbox, SandboxConfig};
-use taimatsu_tests::wait::{is_ready, poll_until};
+use taimatsu_tests::wait::is_ready;
 use taimatsu_tests::{ControlPlane, with_namespace};
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_inference-worker");
@@ -35,16 +35,7 @@ async fn wait_for(
     what: &str,
     check: impl Fn(&ModelDeploymentStatus) -> bool,
 ) -> ModelDeploymentStatus {
-    let check = &check;
-    let found = poll_until(what, Duration::from_secs(300), || async move {
-        let status = mds.get(name).await?.status.unwrap_or_default();
-        Ok(check(&status).then_some(status))
-    })
-    .await;
-    match found {
-        Ok(status) => status,
-        Err(e) => panic!("{e:#}; status: {:#?}", mds.get(name).await.ok().and_then(|m| m.status)),
-    }
+    common::wait_for_status(mds, name, what, Duration::from_secs(300), check).await
 }
 
 /// The quickstart's Model with its source at `uri`, and the Secrets it names (the

@@ -11,20 +11,7 @@ use anyhow::{Context, bail};
 /// `hack/build-cluster-bins.sh` is run: it returns at once when the binaries are
 /// cached, and builds them (a one-off ~20 minutes) when they are not.
 pub fn cluster_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("TAIMATSU_CLUSTER_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = crate::repo_root().join("hack/build-cluster-bins.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed; see its output above", script.display());
-    }
-    let dir = String::from_utf8(out.stdout)?.trim().to_owned();
-    Ok(PathBuf::from(dir))
+    dir_from_env_or_script("TAIMATSU_CLUSTER_BIN_DIR", "hack/build-cluster-bins.sh")
 }
 
 /// The directory holding the OCI `registry` (CNCF Distribution) and the `oras` client.
@@ -33,10 +20,16 @@ pub fn cluster_bin_dir() -> anyhow::Result<PathBuf> {
 /// `hack/oci-bins.sh` is run: it returns at once when both are cached, and builds them
 /// from their Go modules (about 3 minutes) when they are not.
 pub fn oci_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("TAIMATSU_OCI_BIN_DIR") {
+    dir_from_env_or_script("TAIMATSU_OCI_BIN_DIR", "hack/oci-bins.sh")
+}
+
+/// The directory named by `variable`, or else the one the repository's `script` prints
+/// (its progress goes to this process's stderr).
+fn dir_from_env_or_script(variable: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(variable) {
         return Ok(PathBuf::from(dir));
     }
-    let script = crate::repo_root().join("hack/oci-bins.sh");
+    let script = crate::repo_root().join(script);
     let out = Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())

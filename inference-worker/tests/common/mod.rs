@@ -316,3 +316,24 @@ pub async fn ask_deployed_model(base_url: String) -> String {
     assert!(answer["usage"]["completion_tokens"].as_u64() > Some(0), "{answer}");
     content
 }
+
+/// Waits up to `timeout` until the status of ModelDeployment `name` satisfies `check`;
+/// panics with the status it has then.
+pub async fn wait_for_status(
+    mds: &kube::Api<taimatsu_crds::v1alpha1::ModelDeployment>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&taimatsu_crds::v1alpha1::ModelDeploymentStatus) -> bool,
+) -> taimatsu_crds::v1alpha1::ModelDeploymentStatus {
+    let check = &check;
+    let found = taimatsu_tests::wait::poll_until(what, timeout, || async move {
+        let status = mds.get(name).await?.status.unwrap_or_default();
+        Ok(check(&status).then_some(status))
+    })
+    .await;
+    match found {
+        Ok(status) => status,
+        Err(e) => panic!("{e:#}; status: {:#?}", mds.get(name).await.ok().and_then(|m| m.status)),
+    }
+}
